@@ -1,0 +1,224 @@
+"""The app's settings: the only reader of environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+PROVIDER_IDS = ("loopback", "twilio", "acs")
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_BUDGET_SECONDS = 20.0
+DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
+TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
+_TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+
+
+def _clean(value: str | None) -> str | None:
+    """Treat unset, empty and blank settings alike."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the app reads, typed, with the problems found while reading them."""
+
+    provider: str = "loopback"
+    in_azure: bool = False
+    public_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    definition_id: str | None = None
+    message_part: str = "text"
+    default_region: str = "US"
+    storage_connection: str | None = field(default=None, repr=False)
+    storage_url: str | None = None
+    storage_table: str = "smschannel"
+    ledger_path: str = ".channel/ledger.sqlite3"
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS
+    ambiguous_grace_seconds: float = DEFAULT_AMBIGUOUS_GRACE_SECONDS
+    dataverse_url: str | None = None
+    dataverse_organization_id: str | None = None
+    azure_client_id: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str = TWILIO_DEFAULT_BASE_URL
+    acs_endpoint: str | None = None
+    acs_access_key: str | None = field(default=None, repr=False)
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ledger_kind(self) -> str:
+        """Which ledger backend the settings select."""
+        return "table" if self.storage_connection or self.storage_url else "embedded"
+
+    @property
+    def dataverse_dev_mode(self) -> bool:
+        """True when Dataverse calls are only logged (no DATAVERSE_URL outside Azure)."""
+        return self.dataverse_url is None and not self.in_azure
+
+    def status_callback_url(self, provider: str) -> str | None:
+        """The delivery-report URL a provider should call, or None without a public URL."""
+        if self.public_url is None:
+            return None
+        return f"{self.public_url}/api/delivery-report/{provider}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: the process environment)."""
+        return _SettingsReader(os.environ if environ is None else environ).read()
+
+
+class _SettingsReader:
+    """Reads raw strings into Settings, collecting every problem instead of stopping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.env = environ
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def get(self, name: str) -> str | None:
+        return _clean(self.env.get(name))
+
+    def read(self) -> Settings:
+        in_azure = self.get("WEBSITE_INSTANCE_ID") is not None
+        values: dict[str, object] = {
+            "in_azure": in_azure,
+            "provider": self._provider(in_azure),
+            "public_url": self._public_url(),
+            "webhook_secret": self.get("CHANNEL_WEBHOOK_SECRET"),
+            "definition_id": self._guid("CHANNEL_DEFINITION_ID"),
+            "message_part": self.get("CHANNEL_MESSAGE_PART") or "text",
+            "default_region": self._region(),
+            "storage_connection": self.get("CHANNEL_STORAGE_CONNECTION"),
+            "storage_url": self._url("CHANNEL_STORAGE_URL"),
+            "storage_table": self.get("CHANNEL_STORAGE_TABLE") or "smschannel",
+            "ledger_path": self.get("CHANNEL_LEDGER_PATH") or ".channel/ledger.sqlite3",
+            "budget_seconds": self._seconds("CHANNEL_TIME_BUDGET_SECONDS", 20.0, 1.0, 110.0),
+            "ambiguous_grace_seconds": self._seconds(
+                "CHANNEL_AMBIGUOUS_GRACE_SECONDS", DEFAULT_AMBIGUOUS_GRACE_SECONDS, 0.0, 86400.0
+            ),
+            "dataverse_url": self._url("DATAVERSE_URL"),
+            "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),
+            "azure_client_id": self.get("AZURE_CLIENT_ID"),
+            "twilio_account_sid": self.get("TWILIO_ACCOUNT_SID"),
+            "twilio_auth_token": self.get("TWILIO_AUTH_TOKEN"),
+            "twilio_messaging_service_sid": self.get("TWILIO_MESSAGING_SERVICE_SID"),
+            "twilio_base_url": self._url("TWILIO_BASE_URL") or TWILIO_DEFAULT_BASE_URL,
+            "acs_endpoint": self._url("ACS_ENDPOINT"),
+            "acs_access_key": self.get("ACS_ACCESS_KEY"),
+        }
+        settings = Settings(**values)  # type: ignore[arg-type]
+        self._check_provider(settings)
+        self._check_environment(settings)
+        return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
+
+    def _provider(self, in_azure: bool) -> str:
+        raw = self.get("CHANNEL_PROVIDER")
+        if raw is None:
+            if in_azure:
+                self.problems.append(
+                    "CHANNEL_PROVIDER is not set; in Azure it must name the provider "
+                    f"explicitly ({', '.join(PROVIDER_IDS)})"
+                )
+            return "loopback"
+        provider = raw.lower()
+        if provider not in PROVIDER_IDS:
+            self.problems.append(
+                f"CHANNEL_PROVIDER '{raw}' is not a known provider ({', '.join(PROVIDER_IDS)})"
+            )
+        return provider
+
+    def _url(self, name: str) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.problems.append(f"{name} must be an absolute http(s) URL, got '{raw}'")
+            return None
+        return raw.rstrip("/")
+
+    def _public_url(self) -> str | None:
+        url = self._url("CHANNEL_PUBLIC_URL")
+        if url is not None:
+            if urlsplit(url).query or urlsplit(url).fragment:
+                self.problems.append("CHANNEL_PUBLIC_URL must not carry a query or fragment")
+                return None
+            return url
+        # Azure sets WEBSITE_HOSTNAME to the app's default host name: a sound fallback
+        # when no custom domain or proxy sits in front of the app.
+        host = self.get("WEBSITE_HOSTNAME")
+        if host is not None:
+            self.notes.append(f"CHANNEL_PUBLIC_URL not set; using https://{host}")
+            return f"https://{host}"
+        self.notes.append("CHANNEL_PUBLIC_URL not set: providers get no status-callback URL")
+        return None
+
+    def _guid(self, name: str) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        try:
+            uuid.UUID(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be a GUID, got '{raw}'")
+            return None
+        return raw
+
+    def _region(self) -> str:
+        raw = (self.get("CHANNEL_DEFAULT_REGION") or "US").upper()
+        if not re.fullmatch(r"[A-Z]{2}", raw):
+            self.problems.append(f"CHANNEL_DEFAULT_REGION must be a two-letter region, got '{raw}'")
+            return "US"
+        return raw
+
+    def _seconds(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a number of seconds from {low:g} to {high:g}")
+            return default
+        return value
+
+    def _check_provider(self, s: Settings) -> None:
+        if s.provider == "twilio":
+            if s.twilio_account_sid is None:
+                self.problems.append("TWILIO_ACCOUNT_SID is not set (provider twilio)")
+            elif not _TWILIO_ACCOUNT_SID.fullmatch(s.twilio_account_sid):
+                self.problems.append("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex")
+            if s.twilio_auth_token is None:
+                self.problems.append("TWILIO_AUTH_TOKEN is not set (provider twilio)")
+            service = s.twilio_messaging_service_sid
+            if service is not None and not _TWILIO_SERVICE_SID.fullmatch(service):
+                self.problems.append(
+                    "TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex"
+                )
+        elif s.provider == "acs" and s.acs_endpoint is None:
+            self.problems.append("ACS_ENDPOINT is not set (provider acs)")
+
+    def _check_environment(self, s: Settings) -> None:
+        if s.in_azure and s.ledger_kind == "embedded":
+            self.problems.append(
+                "no message ledger configured: set CHANNEL_STORAGE_CONNECTION or "
+                "CHANNEL_STORAGE_URL (the embedded store cannot be shared by scaled-out "
+                "instances, so it is refused in Azure)"
+            )
+        if s.in_azure and s.dataverse_url is None:
+            self.problems.append("DATAVERSE_URL is not set")
+        if s.dataverse_dev_mode:
+            self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")

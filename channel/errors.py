@@ -1,0 +1,144 @@
+"""The channel's exceptions and what each one means as an HTTP answer.
+
+ChannelError                      base: carries status, title and detail
+├── BadRequest (400)              malformed JSON, missing or mistyped field; names the field
+├── NotFound (404)                unknown provider id in a webhook route
+├── RequestInFlight (409)         the same RequestId is being sent right now
+├── PayloadTooLarge (413)         body over the limit
+├── RequestConflict (422)         the same RequestId with different content
+├── NotImplementedYet (501)       a route whose capability has not landed
+└── ServiceUnavailable (503)      try again later; carries Retry-After
+    ├── NotConfigured             settings are missing or wrong; lists every problem
+    ├── ProviderUnavailable       the provider provably did not take the message
+    └── SendAmbiguous             the provider may have taken it; we will not re-POST blindly
+
+Every subclass maps to exactly one HTTP answer in ``channel.http``; nothing else
+decides statuses.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ChannelError(Exception):
+    """Base class of every error the channel answers over HTTP."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    slug: ClassVar[str] = "internal-error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer must carry."""
+        return {}
+
+    def extensions(self) -> dict[str, object]:
+        """Extra members of the problem JSON."""
+        return {}
+
+
+class BadRequest(ChannelError):
+    """The request body is not a valid contract; ``field`` names what is wrong."""
+
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+
+    def extensions(self) -> dict[str, object]:
+        """Name the offending field so a caller can fix it."""
+        return {"field": self.field} if self.field else {}
+
+
+class NotFound(ChannelError):
+    """Nothing answers at this route (e.g. an unknown provider id)."""
+
+    status = 404
+    title = "Not found"
+    slug = "not-found"
+
+
+class RequestInFlight(ChannelError):
+    """Another call with the same RequestId is sending right now."""
+
+    status = 409
+    title = "Request in flight"
+    slug = "request-in-flight"
+
+
+class PayloadTooLarge(ChannelError):
+    """The body exceeds the size the channel accepts."""
+
+    status = 413
+    title = "Payload too large"
+    slug = "payload-too-large"
+
+
+class RequestConflict(ChannelError):
+    """The RequestId was already used for a different message."""
+
+    status = 422
+    title = "RequestId reused with different content"
+    slug = "request-conflict"
+
+
+class NotImplementedYet(ChannelError):
+    """The route exists but its capability has not been built."""
+
+    status = 501
+    title = "Not implemented"
+    slug = "not-implemented"
+
+
+class ServiceUnavailable(ChannelError):
+    """A transient condition: the caller should retry after ``retry_after`` seconds."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "service-unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 30) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Tell the caller when to come back."""
+        return {"Retry-After": str(self.retry_after)}
+
+
+class NotConfigured(ServiceUnavailable):
+    """The app's settings are missing or invalid."""
+
+    title = "Channel not configured"
+    slug = "not-configured"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems), retry_after=60)
+        self.problems = problems
+
+    def extensions(self) -> dict[str, object]:
+        """List every configuration problem, in plain words."""
+        return {"problems": self.problems}
+
+
+class ProviderUnavailable(ServiceUnavailable):
+    """The provider did not take the message (throttled or unreachable); safe to retry."""
+
+    title = "SMS provider unavailable"
+    slug = "provider-unavailable"
+
+
+class SendAmbiguous(ServiceUnavailable):
+    """The provider may have accepted the message; it will not be submitted again blindly."""
+
+    title = "SMS submission outcome unknown"
+    slug = "send-ambiguous"

@@ -1,0 +1,127 @@
+"""azure.functions <-> the channel: reading requests, answering with contracts or problems."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+
+import azure.functions as func
+
+from channel.budget import Budget
+from channel.config import MAX_BODY_BYTES, Settings
+from channel.envelope import read_outbound
+from channel.errors import ChannelError, NotFound, NotImplementedYet, PayloadTooLarge
+from channel.providers import is_known
+from channel.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "urn:d365-sms-channel:problem:"
+Handler = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+def problem(error: ChannelError) -> func.HttpResponse:
+    """An ``application/problem+json`` answer for ``error`` (RFC 9457)."""
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        **error.extensions(),
+    }
+    return func.HttpResponse(
+        json.dumps(body),
+        status_code=error.status,
+        headers=error.headers,
+        mimetype="application/problem+json",
+    )
+
+
+def answers_problems(handler: Handler) -> Handler:
+    """Turn every exception of ``handler`` into a problem answer; nothing escapes as a 500."""
+
+    @functools.wraps(handler)
+    def guarded(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return handler(req)
+        except ChannelError as exc:
+            if exc.status >= 500:
+                log.warning("%s answered %s: %s", handler.__name__, exc.status, exc.title)
+            return problem(exc)
+        except Exception:
+            # The traceback goes to the log (our code's frames, no request data);
+            # the caller gets a plain problem with no detail of our internals.
+            log.exception("%s failed unexpectedly", handler.__name__)
+            return problem(ChannelError("an unexpected error occurred; see the app's log"))
+
+    return guarded
+
+
+def body_of(req: func.HttpRequest) -> bytes:
+    """The request body, refused with 413 beyond the limit."""
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    return body
+
+
+@answers_problems
+def outbound(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/outbound: send one Dataverse payload, answer the response contract."""
+    body = body_of(req)
+    runtime = get_runtime()
+    runtime.require_configured()
+    request = read_outbound(body)
+    response = runtime.outbound.send(request.payload, Budget(runtime.settings.budget_seconds))
+    return func.HttpResponse(request.reply(response), mimetype="application/json")
+
+
+@answers_problems
+def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/delivery-report/{provider}: a provider's status callback."""
+    _known_provider(req)
+    raise NotImplementedYet("delivery reports are not handled by this version yet")
+
+
+@answers_problems
+def inbound(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/inbound/{provider}: a customer's reply from a provider."""
+    _known_provider(req)
+    raise NotImplementedYet("inbound messages are not handled by this version yet")
+
+
+@answers_problems
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/health: 200 when configured and ready, 503 with every problem otherwise."""
+    settings = get_runtime().settings
+    report = health_report(settings)
+    return func.HttpResponse(
+        json.dumps(report),
+        status_code=200 if report["status"] == "ok" else 503,
+        mimetype="application/json",
+    )
+
+
+def health_report(settings: Settings) -> dict[str, object]:
+    """What an operator needs to know about the configuration; never a secret."""
+    return {
+        "status": "unavailable" if settings.problems else "ok",
+        "provider": settings.provider,
+        "ledger": settings.ledger_kind,
+        "dataverse": {
+            "configured": settings.dataverse_url is not None,
+            "mode": "log" if settings.dataverse_dev_mode else "web-api",
+        },
+        "publicUrl": settings.public_url,
+        "problems": list(settings.problems),
+        "notes": list(settings.notes),
+    }
+
+
+def _known_provider(req: func.HttpRequest) -> str:
+    provider: str = req.route_params.get("provider") or ""
+    if not is_known(provider):
+        raise NotFound(f"no provider '{provider}' (known: twilio, acs, loopback)")
+    return provider

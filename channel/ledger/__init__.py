@@ -1,0 +1,5 @@
+"""The message ledger and its storage backends."""
+
+from channel.ledger.messages import Claim, Completed, MessageLedger, fingerprint
+
+__all__ = ["Claim", "Completed", "MessageLedger", "fingerprint"]

@@ -1,0 +1,81 @@
+"""The embedded record store: one SQLite file, for local runs and tests."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    version INTEGER NOT NULL
+)
+"""
+
+
+class EmbeddedStore:
+    """Records in a SQLite file, so a restarted local app remembers what it sent.
+
+    SQLite serialises writers itself, so two local processes sharing the file stay
+    correct; within a process one connection and a lock keep it simple.
+    """
+
+    kind = "embedded"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: every statement commits on its own, which is all the
+        # atomicity the conditional writes below need.
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+
+    def get(self, key: str) -> Versioned | None:
+        """The record under ``key``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data, version FROM records WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Versioned(json.loads(row[0]), str(row[1]))
+
+    def insert(self, key: str, data: Record) -> str:
+        """Create the record; raise AlreadyExists if another writer was first."""
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO records (key, data, version) VALUES (?, ?, 1)",
+                    (key, json.dumps(data)),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(key) from None
+        return "1"
+
+    def replace(self, key: str, data: Record, etag: str) -> str:
+        """Overwrite the record if nobody changed it since ``etag`` was read."""
+        version = int(etag)
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE records SET data = ?, version = version + 1 WHERE key = ? AND version = ?",
+                (json.dumps(data), key, version),
+            )
+        if cursor.rowcount != 1:
+            raise StaleRecord(key)
+        return str(version + 1)
+
+    def close(self) -> None:
+        """Release the file."""
+        with self._lock:
+            self._db.close()

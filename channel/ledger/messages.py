@@ -1,0 +1,242 @@
+"""The message ledger: one record per RequestId that makes every outbound step idempotent.
+
+A request record moves through these states (every change is an ETag-guarded write,
+so concurrent callers and scaled-out instances agree on one winner):
+
+    (none) --begin--> claimed --complete--> done          (Sent or NotSent; answer stored)
+                         |--release--> retryable          (provably unsent: 429, refused)
+                         |--mark_ambiguous--> ambiguous   (5xx, read timeout: maybe sent)
+                         '-- lease expires --> ambiguous  (the process died mid-send)
+
+    ambiguous --confirm_sent--> done    a status callback carrying our RequestId proves it
+    ambiguous --begin, grace over--> claimed   one new attempt, at most MAX_ATTEMPTS in all
+
+The record keeps what a delivery report needs later (ChannelDefinitionId, the ``From``
+exactly as Dataverse sent it, the provider message id) and a fingerprint of the
+content, never the recipient's number or the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from channel.contracts import OutboundResponse
+from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
+from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+
+MAX_ATTEMPTS = 2
+"""Submissions that may have reached the provider for one RequestId: the first, and one
+new attempt after an ambiguous outcome went unconfirmed for the grace period."""
+
+
+def fingerprint(channel_definition_id: str, sender: str, recipient: str, text: str) -> str:
+    """A hash of the content that makes a request the same request."""
+    canonical = json.dumps([channel_definition_id.lower(), sender, recipient, text])
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The caller now owns the send for this RequestId."""
+
+    request_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The RequestId already has its final answer."""
+
+    response: OutboundResponse
+
+
+class MessageLedger:
+    """Domain operations over a RecordStore; the same logic for every backend."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        *,
+        lease_seconds: float,
+        ambiguous_grace_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = ambiguous_grace_seconds
+        self.clock = clock
+
+    @property
+    def kind(self) -> str:
+        """The backend's name, for health."""
+        return self.store.kind
+
+    def begin(
+        self,
+        request_id: str,
+        content: str,
+        *,
+        channel_definition_id: str,
+        sender: str,
+        provider: str,
+    ) -> Claim | Completed:
+        """Claim the send of ``request_id`` or return its stored answer.
+
+        Raises RequestInFlight while another call holds the claim, RequestConflict when
+        the content differs from the first call's, SendAmbiguous while an earlier
+        attempt's outcome is unknown.
+        """
+        key = _request_key(request_id)
+        while True:
+            now = self.clock()
+            found = self.store.get(key)
+            if found is None:
+                record: Record = {
+                    "request_id": request_id,
+                    "content": content,
+                    "channel_definition_id": channel_definition_id,
+                    "from": sender,
+                    "provider": provider,
+                    "attempts": 0,
+                    "created_at": now,
+                }
+                try:
+                    self.store.insert(key, self._claimed(record, now))
+                except AlreadyExists:
+                    continue
+                return Claim(request_id, 1)
+            record = found.data
+            if record["content"] != content:
+                raise RequestConflict(
+                    "this RequestId was already used for a different message "
+                    "(ChannelDefinitionId, From, To or text differ)"
+                )
+            decision = self._decide(record, now)
+            if isinstance(decision, Completed):
+                return decision
+            try:
+                self.store.replace(key, decision, found.etag)
+            except StaleRecord:
+                continue
+            return Claim(request_id, int(decision["attempts"]) + 1)
+
+    def complete(self, request_id: str, response: OutboundResponse) -> OutboundResponse:
+        """Store the final answer; if another writer finished first, theirs stands."""
+        fields = response.model_dump(mode="json")
+
+        def finish(record: Record) -> Record | None:
+            if record["state"] == "done":
+                return None
+            return record | {"state": "done", "answer": fields, "message_id": fields["MessageId"]}
+
+        record = self._update(request_id, finish)
+        return OutboundResponse.model_validate(record["answer"])
+
+    def release(self, request_id: str) -> None:
+        """Give the claim back after a provably unsent failure; a retry may claim again."""
+        self._update(
+            request_id, lambda r: r | {"state": "retryable"} if r["state"] == "claimed" else None
+        )
+
+    def mark_ambiguous(self, request_id: str) -> None:
+        """Remember that an attempt may have reached the provider."""
+        now = self.clock()
+        self._update(
+            request_id,
+            lambda r: (
+                r | {"state": "ambiguous", "attempts": r["attempts"] + 1, "attempted_at": now}
+                if r["state"] == "claimed"
+                else None
+            ),
+        )
+
+    def confirm_sent(self, request_id: str, message_id: str) -> bool:
+        """A provider callback proves an unanswered attempt was taken: record it as Sent.
+
+        Returns False when the RequestId is unknown. A request already done keeps its
+        answer (the first final answer wins).
+        """
+        if self.store.get(_request_key(request_id)) is None:
+            return False
+
+        def confirm(record: Record) -> Record | None:
+            if record["state"] == "done":
+                return None
+            answer = OutboundResponse(
+                ChannelDefinitionId=record["channel_definition_id"],
+                MessageId=message_id,
+                RequestId=record["request_id"],
+                Status="Sent",
+            ).model_dump(mode="json")
+            return record | {"state": "done", "answer": answer, "message_id": message_id}
+
+        self._update(request_id, confirm)
+        return True
+
+    def get(self, request_id: str) -> Record | None:
+        """The request record as stored (for correlation and inspection)."""
+        found = self.store.get(_request_key(request_id))
+        return None if found is None else found.data
+
+    def _decide(self, record: Record, now: float) -> Record | Completed:
+        """What a new call for an existing record gets: the answer, an error or a claim."""
+        state = record["state"]
+        if state == "done":
+            return Completed(OutboundResponse.model_validate(record["answer"]))
+        if state == "claimed":
+            if now < record["lease_until"]:
+                raise RequestInFlight("this RequestId is being sent right now; retry shortly")
+            # The claimant died mid-send: its POST may have reached the provider.
+            record = record | {
+                "state": "ambiguous",
+                "attempts": record["attempts"] + 1,
+                "attempted_at": record["claimed_at"],
+            }
+            state = "ambiguous"
+        if state == "ambiguous":
+            waited = now - record["attempted_at"]
+            if waited < self.grace_seconds:
+                raise SendAmbiguous(
+                    "an earlier attempt may have reached the provider; waiting for its "
+                    "status callback before trying again",
+                    retry_after=int(self.grace_seconds - waited) + 1,
+                )
+            if record["attempts"] >= MAX_ATTEMPTS:
+                raise SendAmbiguous(
+                    f"{record['attempts']} attempts ended without a known outcome and no "
+                    "status callback confirmed one; not submitting again (check the "
+                    "provider's message log)",
+                    retry_after=int(self.grace_seconds) or 60,
+                )
+        return self._claimed(record, now)
+
+    def _claimed(self, record: Record, now: float) -> Record:
+        return record | {
+            "state": "claimed",
+            "claimed_at": now,
+            "lease_until": now + self.lease_seconds,
+        }
+
+    def _update(self, request_id: str, change: Callable[[Record], Record | None]) -> Record:
+        """Apply ``change`` under optimistic concurrency; None means leave as is."""
+        key = _request_key(request_id)
+        while True:
+            found = self.store.get(key)
+            if found is None:
+                raise KeyError(request_id)
+            updated = change(found.data)
+            if updated is None:
+                return found.data
+            try:
+                self.store.replace(key, updated, found.etag)
+            except StaleRecord:
+                continue
+            return updated
+
+
+def _request_key(request_id: str) -> str:
+    return f"request:{request_id}"

@@ -1,0 +1,48 @@
+"""Phone numbers: E.164 normalisation for providers and masking for logs."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+def to_e164(raw: str, default_region: str) -> str | None:
+    """The number in E.164 (``+12065550100``), or None when it is not a valid number.
+
+    Dataverse usually stores numbers as country code + digits with no ``+``
+    (``12065550100``): digits-only input valid when read as international is taken
+    so; anything else is read in ``default_region``.
+    """
+    text = raw.strip()
+    if text.isdigit():
+        number = _parse("+" + text, None)
+        if number is not None:
+            return number
+    return _parse(text, default_region)
+
+
+def sender_for_provider(raw: str, default_region: str) -> str:
+    """The sender as a provider wants it: E.164 for numbers, anything else unchanged.
+
+    Alphanumeric sender ids (``Contoso``) and short codes (``89898``) are not
+    E.164 numbers and must reach the provider as written.
+    """
+    return to_e164(raw, default_region) or raw.strip()
+
+
+def mask(value: str | None) -> str:
+    """A number with its middle hidden (``+1******0199``), safe for logs at any level."""
+    if not value:
+        return "-"
+    if len(value) <= 6:
+        return "*" * len(value)
+    return value[:2] + "*" * (len(value) - 6) + value[-4:]
+
+
+def _parse(text: str, region: str | None) -> str | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -1,0 +1,133 @@
+"""The process-wide objects (settings, HTTP session, ledger, provider), built on first use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from channel.config import Settings
+from channel.errors import NotConfigured
+from channel.ledger import MessageLedger
+from channel.providers import build_provider
+from channel.providers.base import Provider
+from channel.service import OutboundService
+
+POOL_SIZE = 64
+"""Connections kept per host: as many as host.json lets requests run at once."""
+
+LEASE_MARGIN_SECONDS = 10.0
+"""A claim outlives the time budget by this much before it counts as abandoned."""
+
+
+class Runtime:
+    """Everything one process shares across invocations; each part is built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._parts: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    def require_configured(self) -> None:
+        """Raise NotConfigured listing every problem, if there is any."""
+        if self.settings.problems:
+            raise NotConfigured(list(self.settings.problems))
+
+    @property
+    def session(self) -> requests.Session:
+        """The one pooled HTTP session of the process."""
+        return self._once("session", _new_session)  # type: ignore[no-any-return]
+
+    @property
+    def ledger(self) -> MessageLedger:
+        """The message ledger on the configured backend."""
+        return self._once("ledger", self._new_ledger)  # type: ignore[no-any-return]
+
+    @property
+    def provider(self) -> Provider:
+        """The outbound provider adapter."""
+        return self._once("provider", self._new_provider)  # type: ignore[no-any-return]
+
+    @property
+    def outbound(self) -> OutboundService:
+        """The outbound use case, wired."""
+        self.require_configured()
+        return self._once(  # type: ignore[no-any-return]
+            "outbound", lambda: OutboundService(self.settings, self.provider, self.ledger)
+        )
+
+    def close(self) -> None:
+        """Release what was built (the HTTP session, the ledger's file)."""
+        with self._lock:
+            if "session" in self._parts:
+                self._parts["session"].close()
+            if "ledger" in self._parts:
+                self._parts["ledger"].store.close()
+            self._parts.clear()
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        part = self._parts.get(name)
+        if part is None:
+            with self._lock:
+                part = self._parts.get(name)
+                if part is None:
+                    part = self._parts[name] = build()
+        return part
+
+    def _new_ledger(self) -> MessageLedger:
+        if self.settings.ledger_kind != "embedded":
+            raise NotConfigured(
+                [
+                    "the Table Storage ledger is not available in this version; unset "
+                    "CHANNEL_STORAGE_CONNECTION and CHANNEL_STORAGE_URL to use the embedded one"
+                ]
+            )
+        from channel.ledger.embedded import EmbeddedStore
+
+        return MessageLedger(
+            EmbeddedStore(self.settings.ledger_path),
+            lease_seconds=self.settings.budget_seconds + LEASE_MARGIN_SECONDS,
+            ambiguous_grace_seconds=self.settings.ambiguous_grace_seconds,
+        )
+
+    def _new_provider(self) -> Provider:
+        try:
+            return build_provider(self.settings, self.session)
+        except LookupError as exc:
+            raise NotConfigured([str(exc)]) from None
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, built from the environment on first call."""
+    global _current  # noqa: PLW0603 - the one process-wide singleton, by design
+    runtime = _current
+    if runtime is None:
+        with _current_lock:
+            if _current is None:
+                _current = Runtime(Settings.from_env())
+            runtime = _current
+    return runtime
+
+
+def reset_runtime() -> None:
+    """Forget the runtime so the next call reads the environment again (tests, reloads)."""
+    global _current  # noqa: PLW0603 - the one process-wide singleton, by design
+    with _current_lock:
+        if _current is not None:
+            _current.close()
+        _current = None

@@ -1,0 +1,146 @@
+"""The outbound use case: one Dataverse payload to at most one provider submission."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from channel.budget import Budget
+from channel.config import Settings
+from channel.contracts import OutboundPayload, OutboundResponse
+from channel.errors import BadRequest, ProviderUnavailable, SendAmbiguous, ServiceUnavailable
+from channel.ledger import Completed, MessageLedger, fingerprint
+from channel.phone import mask, sender_for_provider, to_e164
+from channel.providers.base import (
+    Accepted,
+    OutboundSms,
+    OutcomeUnknown,
+    Provider,
+    ProviderMisconfigured,
+    SendOutcome,
+    Throttled,
+    Unreachable,
+)
+from channel.retry import MAX_ATTEMPTS, backoff
+
+log = logging.getLogger(__name__)
+
+RESERVE_SECONDS = 1.0
+"""Budget kept back for writing the ledger and answering after the last provider call."""
+
+
+class OutboundService:
+    """Sends outbound payloads exactly once per RequestId."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        ledger: MessageLedger,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.ledger = ledger
+        self.sleep = sleep
+
+    def send(self, payload: OutboundPayload, budget: Budget) -> OutboundResponse:
+        """Answer ``payload``: the stored answer, a new submission's, or an error."""
+        part = self.settings.message_part
+        text = payload.Message.get(part)
+        if text is None:
+            raise BadRequest(f"Message.{part}", f"the message part '{part}' is required")
+        rid = payload.RequestId
+        claim = self.ledger.begin(
+            rid,
+            fingerprint(payload.ChannelDefinitionId, payload.From, payload.To, text),
+            channel_definition_id=payload.ChannelDefinitionId,
+            sender=payload.From,
+            provider=self.provider.id,
+        )
+        if isinstance(claim, Completed):
+            log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
+            return claim.response
+        try:
+            response = self._submit(payload, text, budget)
+        except SendAmbiguous:
+            self.ledger.mark_ambiguous(rid)
+            raise
+        except ServiceUnavailable:  # provably unsent: a retry may claim again
+            self.ledger.release(rid)
+            raise
+        except BaseException:
+            # A submission may have left (or we cannot tell): never re-POST blindly.
+            self.ledger.mark_ambiguous(rid)
+            raise
+        return self.ledger.complete(rid, response)
+
+    def _submit(self, payload: OutboundPayload, text: str, budget: Budget) -> OutboundResponse:
+        rid = payload.RequestId
+        to = to_e164(payload.To, self.settings.default_region)
+        if to is None:
+            log.info(
+                "request %s NotSent: recipient %s is not a valid number", rid, mask(payload.To)
+            )
+            return _answer(payload, "NotSent", None)
+        if not text.strip():
+            log.info("request %s NotSent: the message text is empty", rid)
+            return _answer(payload, "NotSent", None)
+        sms = OutboundSms(
+            to=to,
+            sender=sender_for_provider(payload.From, self.settings.default_region),
+            text=text,
+            correlation=rid,
+            status_callback_url=self.settings.status_callback_url(self.provider.id),
+        )
+        outcome = self._send_with_retries(sms, budget)
+        if isinstance(outcome, Accepted):
+            log.info("request %s Sent as %s", rid, outcome.message_id)
+            return _answer(payload, "Sent", outcome.message_id)
+        log.info("request %s NotSent: provider code %s", rid, outcome.code)
+        return _answer(payload, "NotSent", None)
+
+    def _send_with_retries(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
+        """Retry only what provably did not send (throttling, refused connections)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.provider.send(sms, budget)
+            except Throttled as exc:
+                wait = exc.retry_after if exc.retry_after is not None else backoff(attempt)
+                reason = "the provider is throttling"
+            except Unreachable:
+                wait = backoff(attempt)
+                reason = "the provider is unreachable"
+            except OutcomeUnknown as exc:
+                log.warning("request %s outcome unknown: %s", sms.correlation, exc)
+                raise SendAmbiguous(
+                    "the provider may have accepted the message; it will not be submitted "
+                    "again until its outcome is known",
+                    retry_after=max(1, int(self.ledger.grace_seconds) + 1),
+                ) from exc
+            except ProviderMisconfigured as exc:
+                log.error("provider %s refused our configuration: %s", self.provider.id, exc)
+                raise ServiceUnavailable(str(exc), retry_after=60) from exc
+            if attempt >= MAX_ATTEMPTS or not budget.allows(wait, then=RESERVE_SECONDS):
+                log.warning("request %s not sent: %s", sms.correlation, reason)
+                raise ProviderUnavailable(
+                    f"{reason}; the message was not sent, retry later",
+                    retry_after=max(1, round(wait)),
+                )
+            self.sleep(wait)
+
+
+def _answer(
+    payload: OutboundPayload, status: Literal["Sent", "NotSent"], message_id: str | None
+) -> OutboundResponse:
+    return OutboundResponse(
+        ChannelDefinitionId=payload.ChannelDefinitionId,
+        MessageId=message_id,
+        RequestId=payload.RequestId,
+        Status=status,
+    )
