@@ -1,0 +1,58 @@
+"""Test data shared by the suite; every phone number and text a test sends is listed here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFINITION_ID = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
+SENDER = "12065550100"
+"""Our number as Dataverse stores it: country code + digits, no '+'."""
+SENDER_E164 = "+12065550100"
+RECIPIENT = "+14255550199"
+RECIPIENT_NATIONAL = "(425) 555-0147"
+RECIPIENT_NATIONAL_E164 = "+14255550147"
+OTHER_RECIPIENT = "+14255550123"
+UK_RECIPIENT = "447911123456"
+UK_RECIPIENT_E164 = "+447911123456"
+INVALID_RECIPIENT = "+1425555"
+TEXT = "Hi Ana, your code is 123456"
+OTHER_TEXT = "Hello Bo, your table is ready"
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "twilio-test-auth-token-0001"
+TWILIO_SERVICE_SID = "MG" + "fedcba9876543210" * 2
+
+SENSITIVE = [
+    SENDER,
+    SENDER_E164,
+    RECIPIENT,
+    RECIPIENT[2:],  # national digits
+    RECIPIENT_NATIONAL,
+    RECIPIENT_NATIONAL_E164,
+    OTHER_RECIPIENT,
+    UK_RECIPIENT,
+    INVALID_RECIPIENT,
+    TEXT,
+    OTHER_TEXT,
+    TWILIO_TOKEN,
+]
+"""Strings that must never appear in a log record at INFO or above."""
+
+
+def payload(**overrides: Any) -> dict[str, Any]:
+    """A valid outbound payload as Dataverse sends it, with fields replaced as given."""
+    body: dict[str, Any] = {
+        "ChannelDefinitionId": DEFINITION_ID,
+        "RequestId": "0f7e5c1a-2f0b-4f7e-9a55-7d4c2b1e9d10",
+        "From": SENDER,
+        "To": RECIPIENT,
+        "Message": {"text": TEXT},
+        "MarketingAppContext": {
+            "CustomerJourneyId": None,
+            "UserId": None,
+            "UserEntityType": "contact",
+            "IsTestSend": True,
+        },
+    }
+    body.update(overrides)
+    return body

@@ -1,0 +1,110 @@
+"""HTTP behaviour shared by the functions: health, problems, limits, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Call, Configure, answer_json
+from tests.data import TWILIO_TOKEN, payload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_importing_the_app_with_no_settings_registers_every_function(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "WEBSITE_INSTANCE_ID": "in-azure-but-unconfigured"}
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from function_app import app;"
+        "print(' '.join(sorted(f.get_function_name() for f in app.get_functions())))"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script, str(ROOT)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["delivery_report", "health", "inbound", "outbound"]
+    assert not (tmp_path / ".channel").exists()  # nothing built at import
+
+
+def test_health_is_ok_with_zero_configuration(call: Call) -> None:
+    response = call("health", method="GET")
+    assert response.status_code == 200
+    report = answer_json(response)
+    assert report["status"] == "ok"
+    assert report["provider"] == "loopback"
+    assert report["ledger"] == "embedded"
+    assert report["dataverse"] == {"configured": False, "mode": "log"}
+    assert report["problems"] == []
+
+
+def test_health_lists_problems_without_secrets(call: Call, configure: Configure) -> None:
+    configure(WEBSITE_INSTANCE_ID="x", CHANNEL_PROVIDER="twilio", TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
+    response = call("health", method="GET")
+    assert response.status_code == 503
+    report = answer_json(response)
+    assert report["status"] == "unavailable"
+    assert "TWILIO_ACCOUNT_SID is not set (provider twilio)" in report["problems"]
+    assert TWILIO_TOKEN not in response.get_body().decode()
+
+
+def test_outbound_answers_503_listing_problems_when_not_configured(
+    call: Call, configure: Configure
+) -> None:
+    configure(CHANNEL_PROVIDER="twilio")
+    response = call("outbound", payload())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "60"
+    problem = answer_json(response)
+    assert problem["title"] == "Channel not configured"
+    assert "TWILIO_ACCOUNT_SID is not set (provider twilio)" in problem["problems"]
+
+
+def test_body_over_64_kib_is_413(call: Call) -> None:
+    big = payload(Message={"text": "x" * (64 * 1024)})
+    response = call("outbound", json.dumps(big).encode())
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
+
+
+def test_body_at_the_limit_is_read(call: Call) -> None:
+    body = json.dumps(payload()).encode()
+    padded = body[:-1] + b" " * (64 * 1024 - len(body)) + b"}"
+    assert len(padded) == 64 * 1024
+    assert call("outbound", padded).status_code == 200
+
+
+def test_webhooks_of_unknown_providers_are_404(call: Call) -> None:
+    for name in ("delivery_report", "inbound"):
+        response = call(name, b"", route_params={"provider": "pigeon"})
+        assert response.status_code == 404
+        assert "pigeon" in answer_json(response)["detail"]
+
+
+def test_webhooks_exist_before_their_capability_lands(call: Call) -> None:
+    for name in ("delivery_report", "inbound"):
+        response = call(name, b"", route_params={"provider": "twilio"})
+        assert response.status_code == 501
+        assert response.mimetype == "application/problem+json"
+
+
+def test_unexpected_errors_become_a_plain_problem_without_internals(
+    call: Call, configure: Configure, tmp_path: Path
+) -> None:
+    # A ledger path that cannot be created: a real failure of our own machinery.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    configure(CHANNEL_LEDGER_PATH=str(blocker / "ledger.sqlite3"))
+    response = call("outbound", payload())
+    assert response.status_code == 500
+    problem = answer_json(response)
+    assert problem["detail"] == "an unexpected error occurred; see the app's log"
+    assert "Traceback" not in response.get_body().decode()
