@@ -25,7 +25,7 @@ NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 class _Contract(BaseModel):
     """Shared model rules: exact names, strict types, serialised compactly."""
 
-    model_config = ConfigDict(strict=True, frozen=True)
+    model_config = ConfigDict(strict=True, frozen=True, defer_build=True)
 
     def to_json(self) -> str:
         """Serialise with the contract's field names, as Dataverse reads them."""

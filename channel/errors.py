@@ -2,6 +2,8 @@
 
 ChannelError                      base: carries status, title and detail
 ├── BadRequest (400)              malformed JSON, missing or mistyped field; names the field
+├── Unauthorized (401)            a webhook without its credential
+├── Forbidden (403)               a webhook whose signature or secret is wrong
 ├── NotFound (404)                unknown provider id in a webhook route
 ├── RequestInFlight (409)         the same RequestId is being sent right now
 ├── PayloadTooLarge (413)         body over the limit
@@ -56,6 +58,22 @@ class BadRequest(ChannelError):
     def extensions(self) -> dict[str, object]:
         """Name the offending field so a caller can fix it."""
         return {"field": self.field} if self.field else {}
+
+
+class Unauthorized(ChannelError):
+    """A webhook call carried no credential at all."""
+
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class Forbidden(ChannelError):
+    """A webhook call's signature or secret does not match: it is not from the provider."""
+
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
 
 
 class NotFound(ChannelError):

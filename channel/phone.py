@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 
+@functools.lru_cache(maxsize=4096)
 def to_e164(raw: str, default_region: str) -> str | None:
     """The number in E.164 (``+12065550100``), or None when it is not a valid number.
 
@@ -20,6 +23,7 @@ def to_e164(raw: str, default_region: str) -> str | None:
     return _parse(text, default_region)
 
 
+@functools.lru_cache(maxsize=256)
 def sender_for_provider(raw: str, default_region: str) -> str:
     """The sender as a provider wants it: E.164 for numbers, anything else unchanged.
 

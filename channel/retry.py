@@ -1,10 +1,13 @@
-"""Retry timing shared by every outbound call: Retry-After first, else capped backoff."""
+"""Retry policy shared by every outbound call: what may be retried, and when."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+import requests
+import urllib3.exceptions
 
 MAX_ATTEMPTS = 5
 BASE_DELAY = 0.25
@@ -31,3 +34,19 @@ def backoff(attempt: int) -> float:
     """Full-jitter exponential backoff for attempt 1, 2, ...; spreads retries of many callers."""
     ceiling = min(MAX_DELAY, BASE_DELAY * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """Whether a failed request provably never reached the server (connect or TLS failure).
+
+    Only such failures may be retried blindly: after a read timeout or a broken
+    connection the server may have acted on the request.
+    """
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)

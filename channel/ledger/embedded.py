@@ -39,6 +39,10 @@ class EmbeddedStore:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL survives a crash of the app (what a local run
+            # meets) and skips an fsync per write; only an OS crash may lose the last
+            # writes, which is why Azure uses Table Storage instead.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
     def get(self, key: str) -> Versioned | None:

@@ -18,6 +18,7 @@ content, never the recipient's number or the text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -69,6 +70,7 @@ class MessageLedger:
         self.lease_seconds = lease_seconds
         self.grace_seconds = ambiguous_grace_seconds
         self.clock = clock
+        self._senders: dict[str, Record] = {}
 
     @property
     def kind(self) -> str:
@@ -91,24 +93,34 @@ class MessageLedger:
         attempt's outcome is unknown.
         """
         key = _request_key(request_id)
+        now = self.clock()
+        first: Record = {
+            "request_id": request_id,
+            "content": content,
+            "channel_definition_id": channel_definition_id,
+            "from": sender,
+            "provider": provider,
+            "attempts": 0,
+            "created_at": now,
+        }
+        # Insert first: a new RequestId (the common case) costs one write, no read.
+        try:
+            self.store.insert(key, self._claimed(first, now))
+        except AlreadyExists:
+            pass
+        else:
+            return Claim(request_id, 1)
         while True:
             now = self.clock()
             found = self.store.get(key)
-            if found is None:
-                record: Record = {
-                    "request_id": request_id,
-                    "content": content,
-                    "channel_definition_id": channel_definition_id,
-                    "from": sender,
-                    "provider": provider,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-                try:
-                    self.store.insert(key, self._claimed(record, now))
-                except AlreadyExists:
-                    continue
-                return Claim(request_id, 1)
+            if found is None:  # removed meanwhile (retention): start over
+                return self.begin(
+                    request_id,
+                    content,
+                    channel_definition_id=channel_definition_id,
+                    sender=sender,
+                    provider=provider,
+                )
             record = found.data
             if record["content"] != content:
                 raise RequestConflict(
@@ -176,6 +188,30 @@ class MessageLedger:
 
         self._update(request_id, confirm)
         return True
+
+    def remember_sender(self, number: str, sender: str, channel_definition_id: str) -> None:
+        """Remember how Dataverse writes our number (``number`` in E.164) and its channel.
+
+        Inbound messages name our number in E.164; Dataverse wants it back in its own
+        form (often ``12065550100``) with the channel definition it belongs to.
+        """
+        known: Record = {"from": sender, "channel_definition_id": channel_definition_id}
+        if self._senders.get(number) == known:
+            return  # already written by this process: no storage round trip per send
+        key = f"sender:{number}"
+        try:
+            self.store.insert(key, known)
+        except AlreadyExists:
+            found = self.store.get(key)
+            if found is not None and found.data != known:
+                with contextlib.suppress(StaleRecord):  # a concurrent writer's value is as good
+                    self.store.replace(key, known, found.etag)
+        self._senders[number] = known
+
+    def sender(self, number: str) -> Record | None:
+        """What ``remember_sender`` learned about our number ``number``, or None."""
+        found = self.store.get(f"sender:{number}")
+        return None if found is None else found.data
 
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""

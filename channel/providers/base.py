@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from channel.budget import Budget
@@ -68,4 +70,83 @@ class Provider(Protocol):
 
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
         """Submit once; return Accepted or Rejected, or raise one of the conditions above."""
+        ...
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A provider's HTTP call to one of our webhook routes, free of azure.functions."""
+
+    method: str
+    url: str
+    """The URL as received; adapters take only its path and raw query from it (the host
+    part is whatever the proxy in front of us made of it)."""
+    headers: Mapping[str, str]
+    """Header names in lower case."""
+    body: bytes
+
+
+class DeliveryState(enum.Enum):
+    """Where a message stands, in Dataverse's terms."""
+
+    DELIVERED = "Delivered"
+    NOT_DELIVERED = "NotDelivered"
+    PENDING = "Pending"
+    """Not final yet (queued, sent, ...): acknowledged, nothing reported."""
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One status of one message, as a provider reported it."""
+
+    message_id: str
+    state: DeliveryState
+    correlation: str | None
+    """Our RequestId when the provider echoes it back (callback URL, tag)."""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReceivedSms:
+    """A customer's message to one of our numbers."""
+
+    message_id: str
+    customer: str
+    our_number: str
+    text: str
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    """What to answer a provider's webhook call."""
+
+    status: int = 200
+    body: str = ""
+    mimetype: str = "text/plain"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class WebhookAdapter(Protocol):
+    """What a provider adapter does for the webhook routes: verify, then parse."""
+
+    id: str
+
+    def verify(self, hook: Webhook) -> None:
+        """Raise Unauthorized or Forbidden unless the call provably comes from the provider."""
+        ...
+
+    def handshake(self, hook: Webhook) -> WebhookReply | None:
+        """The answer to a subscription handshake, or None for an ordinary call."""
+        ...
+
+    def status_reports(self, hook: Webhook) -> list[StatusReport]:
+        """The delivery statuses a verified status callback carries."""
+        ...
+
+    def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
+        """The customer messages a verified inbound call carries."""
+        ...
+
+    def acknowledge(self, hook: Webhook) -> WebhookReply:
+        """The answer once the call's content is handled."""
         ...

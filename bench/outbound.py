@@ -1,0 +1,425 @@
+"""Outbound overhead: what the channel adds to one Twilio POST, warm and from a cold start.
+
+Two ratios, each against the cheapest thing that could do the same job, so they
+measure our code and not the machine. *Warm*: the median latency of the ``outbound``
+function (called as the host calls it, with an ``azure.functions.HttpRequest``; embedded
+SQLite ledger in a temp dir; provider twilio aimed at a fake Twilio on 127.0.0.1 that
+answers 201 at once; a new RequestId per call) over the median of a bare
+``requests.Session().post`` of the same form to the same fake. Both run on one keep-alive
+connection to one server, in alternating blocks after a warm-up, so drift cancels out.
+*Cold*: the wall time of a fresh interpreter that imports ``function_app``, indexes it and
+answers one outbound request, over a fresh interpreter that imports ``azure.functions``
+and ``requests`` and makes one bare POST to the same fake. Targets: warm <= 1.3, cold <= 1.5.
+
+Run from the repository root: ``.venv/bin/python -m bench.outbound [--iterations N]
+[--cold-runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+
+import azure.functions as func
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WARM_TARGET = 1.3
+COLD_TARGET = 1.5
+BLOCK = 25
+"""Calls per block; blocks of the two measurements alternate (ABBA) to cancel drift."""
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "bench-auth-token-0001"  # noqa: S105 - a fake account's token
+DEFINITION_ID = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
+SENDER = "12065550100"
+SENDER_E164 = "+12065550100"
+RECIPIENT = "+14255550199"
+TEXT = "Hi Ana, your code is 123456"
+PUBLIC_URL = "https://sms.contoso.example"
+CONNECT_TIMEOUT, READ_TIMEOUT = 3.05, 10.0
+_ENV_PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "WEBSITE_")
+
+
+# -- the fake Twilio -------------------------------------------------------------------
+
+
+class FakeTwilioServer(ThreadingHTTPServer):
+    """Twilio's Messages resource reduced to its fastest answer: 201 with a fresh sid."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeTwilioHandler)
+        self.path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.posts = itertools.count(1)
+        self.connections = 0
+
+    @property
+    def messages_url(self) -> str:
+        """The URL the Twilio adapter posts to."""
+        return self.base_url + self.path
+
+
+class _FakeTwilioHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves every call
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        cast(FakeTwilioServer, self.server).connections += 1
+
+    def do_POST(self) -> None:
+        server = cast(FakeTwilioServer, self.server)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path != server.path:
+            self._answer(404, b'{"code":20404,"message":"not found"}')
+            return
+        sid = f"SM{next(server.posts):032x}"
+        body = json.dumps({"sid": sid, "status": "queued", "error_code": None}).encode()
+        self._answer(201, body)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        # One write for head and body: no Nagle/delayed-ACK stall, no per-header syscalls.
+        head = (
+            f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("ascii")
+        self.wfile.write(head + body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request access log."""
+
+
+@contextmanager
+def fake_twilio() -> Iterator[FakeTwilioServer]:
+    """The fake Twilio serving from a background thread for the duration of the block."""
+    server = FakeTwilioServer()
+    thread = threading.Thread(target=server.serve_forever, name="fake-twilio", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# -- shared inputs ---------------------------------------------------------------------
+
+
+def channel_env(base_url: str, ledger_path: str) -> dict[str, str]:
+    """The process environment with the channel configured for twilio at ``base_url``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+    env.update(
+        CHANNEL_PROVIDER="twilio",
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_BASE_URL=base_url,
+        CHANNEL_PUBLIC_URL=PUBLIC_URL,
+        CHANNEL_LEDGER_PATH=ledger_path,
+    )
+    return env
+
+
+def payload_body(request_id: str) -> bytes:
+    """An outbound request body as Dataverse sends it."""
+    return json.dumps(
+        {
+            "ChannelDefinitionId": DEFINITION_ID,
+            "RequestId": request_id,
+            "From": SENDER,
+            "To": RECIPIENT,
+            "Message": {"text": TEXT},
+            "MarketingAppContext": {
+                "CustomerJourneyId": None,
+                "UserId": None,
+                "UserEntityType": "contact",
+                "IsTestSend": True,
+            },
+        }
+    ).encode("utf-8")
+
+
+def twilio_form(request_id: str) -> dict[str, str]:
+    """The form the Twilio adapter posts for :func:`payload_body` (same fields, same sizes)."""
+    return {
+        "To": RECIPIENT,
+        "Body": TEXT,
+        "From": SENDER_E164,
+        "StatusCallback": f"{PUBLIC_URL}/api/delivery-report/twilio?rid={request_id}",
+    }
+
+
+def http_request(body: bytes) -> func.HttpRequest:
+    """The request the Functions host hands to ``outbound``."""
+    return func.HttpRequest(
+        method="POST",
+        url="http://localhost:7071/api/outbound",
+        headers={"content-type": "application/json"},
+        params={},
+        route_params={},
+        body=body,
+    )
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median and 90th percentile of a sample, in seconds."""
+
+    median: float
+    p90: float
+    n: int
+
+    @classmethod
+    def of(cls, sample: list[float]) -> Stats:
+        """Summarise ``sample``."""
+        p90 = statistics.quantiles(sample, n=10)[8] if len(sample) > 1 else sample[0]
+        return cls(statistics.median(sample), p90, len(sample))
+
+
+# -- warm ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """The warm figures: outbound function vs bare POST."""
+
+    outbound: Stats
+    bare: Stats
+    connections: int
+
+    @property
+    def ratio(self) -> float:
+        """Outbound median over bare-POST median."""
+        return self.outbound.median / self.bare.median
+
+
+def measure_warm(server: FakeTwilioServer, iterations: int, ledger_dir: Path) -> WarmResult:
+    """Median latency of the outbound function and of a bare POST, interleaved in blocks."""
+    from channel.runtime import reset_runtime
+
+    for name in [name for name in os.environ if name.startswith(_ENV_PREFIXES)]:
+        del os.environ[name]
+    os.environ.update(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3")))
+    reset_runtime()
+    from function_app import app
+
+    functions = {fn.get_function_name(): fn.get_user_function() for fn in app.get_functions()}
+    outbound: Callable[[func.HttpRequest], func.HttpResponse] = functions["outbound"]
+
+    warmup = max(50, iterations // 10)
+    # Requests are built beforehand: the host builds them, the figure is about our code.
+    pending = [http_request(payload_body(str(uuid.uuid4()))) for _ in range(warmup + iterations)]
+    session = requests.Session()
+    form = twilio_form(str(uuid.uuid4()))
+    auth = (ACCOUNT_SID, AUTH_TOKEN)
+
+    def call_outbound() -> float:
+        request = pending.pop()
+        start = time.perf_counter()
+        response = outbound(request)
+        elapsed = time.perf_counter() - start
+        answer = json.loads(response.get_body())
+        assert response.status_code == 200, response.get_body()
+        assert answer["Status"] == "Sent", answer
+        return elapsed
+
+    def call_bare() -> float:
+        start = time.perf_counter()
+        reply = session.post(
+            server.messages_url, data=form, auth=auth, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+        )
+        elapsed = time.perf_counter() - start
+        assert reply.status_code == 201, reply.text
+        return elapsed
+
+    for _ in range(warmup):
+        call_outbound()
+        call_bare()
+
+    app_times: list[float] = []
+    bare_times: list[float] = []
+    runs = [(call_outbound, app_times), (call_bare, bare_times)]
+    done = 0
+    while done < iterations:
+        size = min(BLOCK, iterations - done)
+        for call, times in runs:
+            times.extend(call() for _ in range(size))
+        runs.reverse()  # ABBA: neither side always goes first
+        done += size
+
+    session.close()
+    reset_runtime()
+    return WarmResult(Stats.of(app_times), Stats.of(bare_times), server.connections)
+
+
+# -- cold ------------------------------------------------------------------------------
+
+APP_CHILD = """
+import sys
+import azure.functions as func
+from function_app import app
+functions = {fn.get_function_name(): fn.get_user_function() for fn in app.get_functions()}
+request = func.HttpRequest(
+    method="POST", url="http://localhost:7071/api/outbound",
+    headers={"content-type": "application/json"}, params={}, route_params={},
+    body=sys.argv[1].encode(),
+)
+response = functions["outbound"](request)
+if response.status_code != 200 or b'"Sent"' not in response.get_body():
+    sys.exit("outbound answered %s: %r" % (response.status_code, response.get_body()))
+"""
+
+BARE_CHILD = """
+import json
+import sys
+import azure.functions
+import requests
+reply = requests.Session().post(
+    sys.argv[1], data=json.loads(sys.argv[2]), auth=(sys.argv[3], sys.argv[4]),
+    timeout=(3.05, 10.0),
+)
+if reply.status_code != 201:
+    sys.exit("bare POST answered %s" % reply.status_code)
+"""
+
+
+@dataclass(frozen=True)
+class ColdResult:
+    """The cold-start figures: app process vs bare process."""
+
+    app: Stats
+    bare: Stats
+
+    @property
+    def ratio(self) -> float:
+        """App median over bare median."""
+        return self.app.median / self.bare.median
+
+
+def _run_child(args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"child {args[:2]} failed ({done.returncode}):\n{done.stderr}")
+    return elapsed
+
+
+def measure_cold(server: FakeTwilioServer, runs: int, ledger_dir: Path) -> ColdResult:
+    """Wall time of fresh interpreters, spawn to exit, alternating app and bare."""
+    counter = itertools.count()
+
+    def app_run() -> float:
+        ledger = ledger_dir / f"cold-{next(counter)}" / "ledger.sqlite3"
+        env = channel_env(server.base_url, str(ledger))
+        return _run_child(["-c", APP_CHILD, payload_body(str(uuid.uuid4())).decode()], env)
+
+    def bare_run() -> float:
+        env = channel_env(server.base_url, str(ledger_dir / f"cold-{next(counter)}" / "unused"))
+        form = json.dumps(twilio_form(str(uuid.uuid4())))
+        return _run_child(
+            ["-c", BARE_CHILD, server.messages_url, form, ACCOUNT_SID, AUTH_TOKEN], env
+        )
+
+    # One untimed run of each: byte-code caches and the OS page cache are warm for both.
+    app_run()
+    bare_run()
+    app_times: list[float] = []
+    bare_times: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            app_times.append(app_run())
+            bare_times.append(bare_run())
+        else:
+            bare_times.append(bare_run())
+            app_times.append(app_run())
+    return ColdResult(Stats.of(app_times), Stats.of(bare_times))
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _verdict(ratio: float, target: float) -> str:
+    return f"target <= {target}: " + ("ok" if ratio <= target else "MISSED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print both figures (a missed target is reported, not an error)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.outbound", description=__doc__)
+    parser.add_argument("--iterations", type=int, default=600, help="warm calls of each kind")
+    parser.add_argument("--cold-runs", type=int, default=10, help="fresh processes of each kind")
+    options = parser.parse_args(argv)
+    if options.iterations < 2 or options.cold_runs < 1:
+        parser.error("--iterations must be >= 2 and --cold-runs >= 1")
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp, fake_twilio() as server:
+        ledger_dir = Path(tmp)
+        print(f"fake Twilio at {server.base_url}; ledgers under {ledger_dir}")
+
+        print(f"\nwarm: {options.iterations} calls of each kind, blocks of {BLOCK}, ABBA")
+        warm = measure_warm(server, options.iterations, ledger_dir)
+        for name, stats in (("outbound function", warm.outbound), ("bare POST", warm.bare)):
+            print(
+                f"  {name:<18} median {stats.median * 1e3:7.3f} ms   "
+                f"p90 {stats.p90 * 1e3:7.3f} ms   n={stats.n}"
+            )
+        overhead_ms = (warm.outbound.median - warm.bare.median) * 1e3
+        print(
+            f"  ratio {warm.ratio:.2f} ({_verdict(warm.ratio, WARM_TARGET)})"
+            f"  overhead {overhead_ms:.3f} ms/call"
+            f"  (server connections opened: {warm.connections})"
+        )
+
+        print(f"\ncold: {options.cold_runs} fresh processes of each kind, alternating")
+        cold = measure_cold(server, options.cold_runs, ledger_dir)
+        for name, stats in (("app process", cold.app), ("bare process", cold.bare)):
+            print(
+                f"  {name:<18} median {stats.median:7.3f} s    "
+                f"p90 {stats.p90:7.3f} s    n={stats.n}"
+            )
+        extra_ms = (cold.app.median - cold.bare.median) * 1e3
+        print(
+            f"  ratio {cold.ratio:.2f} ({_verdict(cold.ratio, COLD_TARGET)})"
+            f"  extra {extra_ms:.0f} ms"
+        )
+
+    print()
+    print(
+        f"warm outbound overhead: {warm.ratio:.2f} (target <= {WARM_TARGET})  "
+        f"outbound {warm.outbound.median * 1e3:.2f} ms / bare POST {warm.bare.median * 1e3:.2f} ms"
+    )
+    print(
+        f"cold start:             {cold.ratio:.2f} (target <= {COLD_TARGET})  "
+        f"app {cold.app.median:.2f} s / bare {cold.bare.median:.2f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
