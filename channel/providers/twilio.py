@@ -73,6 +73,11 @@ class TwilioProvider:
             raise OutcomeUnknown(f"connection to Twilio broke: {type(exc).__name__}") from exc
         except requests.Timeout as exc:  # a read timeout: the request went out
             raise OutcomeUnknown("Twilio did not answer in time") from exc
+        except requests.RequestException as exc:
+            # Any other failure (e.g. ChunkedEncodingError: the reply broke off mid-body)
+            # came after the request went out: Twilio may have created the message.
+            # Without this it escaped as an unexpected error and the caller got a 500.
+            raise OutcomeUnknown(f"Twilio's reply broke off: {type(exc).__name__}") from exc
         return self._outcome(reply, sms)
 
     def form(self, sms: OutboundSms) -> dict[str, str]:
