@@ -12,8 +12,8 @@ import azure.functions as func
 from channel.budget import Budget
 from channel.config import MAX_BODY_BYTES, Settings
 from channel.envelope import read_outbound
-from channel.errors import ChannelError, NotFound, NotImplementedYet, PayloadTooLarge
-from channel.providers import is_known
+from channel.errors import ChannelError, PayloadTooLarge
+from channel.providers.base import Webhook, WebhookReply
 from channel.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,21 @@ def outbound(req: func.HttpRequest) -> func.HttpResponse:
 @answers_problems
 def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/delivery-report/{provider}: a provider's status callback."""
-    _known_provider(req)
-    raise NotImplementedYet("delivery reports are not handled by this version yet")
+    runtime = get_runtime()
+    adapter = runtime.webhooks(_provider_id(req))
+    service = runtime.webhook_service
+    reply = service.delivery_report(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
+    return _reply(reply)
 
 
 @answers_problems
 def inbound(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/inbound/{provider}: a customer's reply from a provider."""
-    _known_provider(req)
-    raise NotImplementedYet("inbound messages are not handled by this version yet")
+    runtime = get_runtime()
+    adapter = runtime.webhooks(_provider_id(req))
+    service = runtime.webhook_service
+    reply = service.inbound(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
+    return _reply(reply)
 
 
 @answers_problems
@@ -120,8 +126,22 @@ def health_report(settings: Settings) -> dict[str, object]:
     }
 
 
-def _known_provider(req: func.HttpRequest) -> str:
+def _provider_id(req: func.HttpRequest) -> str:
     provider: str = req.route_params.get("provider") or ""
-    if not is_known(provider):
-        raise NotFound(f"no provider '{provider}' (known: twilio, acs, loopback)")
     return provider
+
+
+def _webhook(req: func.HttpRequest) -> Webhook:
+    """The neutral view of a webhook call the provider adapters work on."""
+    return Webhook(
+        method=req.method,
+        url=req.url,
+        headers={name.lower(): value for name, value in req.headers.items()},
+        body=body_of(req),
+    )
+
+
+def _reply(reply: WebhookReply) -> func.HttpResponse:
+    return func.HttpResponse(
+        reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
+    )

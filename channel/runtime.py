@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from channel.config import Settings
-from channel.errors import NotConfigured
+from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
-from channel.providers import build_provider
-from channel.providers.base import Provider
+from channel.ledger.outbox import Outbox
+from channel.providers import build_provider, build_webhooks
+from channel.providers.base import Provider, WebhookAdapter
 from channel.service import OutboundService
+
+if TYPE_CHECKING:
+    from channel.dataverse import Dataverse
+    from channel.identity import TokenSource
+    from channel.webhooks import WebhookService
 
 POOL_SIZE = 64
 """Connections kept per host: as many as host.json lets requests run at once."""
@@ -50,6 +56,31 @@ class Runtime:
     def provider(self) -> Provider:
         """The outbound provider adapter."""
         return self._once("provider", self._new_provider)  # type: ignore[no-any-return]
+
+    @property
+    def outbox(self) -> Outbox:
+        """Notifications and inbound messages on their way to Dataverse."""
+        return self._once(  # type: ignore[no-any-return]
+            "outbox",
+            lambda: Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10),
+        )
+
+    @property
+    def dataverse(self) -> Dataverse:
+        """The Dataverse Web API with managed identity, or the log in dev mode."""
+        return self._once("dataverse", self._new_dataverse)  # type: ignore[no-any-return]
+
+    def webhooks(self, provider_id: str) -> WebhookAdapter:
+        """The webhook adapter of ``provider_id``, built once."""
+        return self._once(  # type: ignore[no-any-return]
+            f"webhooks:{provider_id}", lambda: build_webhooks(provider_id, self.settings)
+        )
+
+    @property
+    def webhook_service(self) -> WebhookService:
+        """The delivery-report and inbound use cases, wired."""
+        self.require_configured()
+        return self._once("webhook_service", self._new_webhook_service)  # type: ignore[no-any-return]
 
     @property
     def outbound(self) -> OutboundService:
@@ -96,8 +127,41 @@ class Runtime:
     def _new_provider(self) -> Provider:
         try:
             return build_provider(self.settings, self.session)
-        except LookupError as exc:
-            raise NotConfigured([str(exc)]) from None
+        except ChannelError as exc:  # e.g. a provider of the SPEC not built yet
+            raise NotConfigured([exc.detail]) from None
+
+    def _new_webhook_service(self) -> WebhookService:
+        from channel.webhooks import WebhookService
+
+        return WebhookService(self.settings, self.ledger, self.outbox, self.dataverse)
+
+    def _new_dataverse(self) -> Dataverse:
+        from channel.dataverse import DataverseClient, LoggedDataverse
+
+        if self.settings.dataverse_url is None:
+            return LoggedDataverse(self.settings.dataverse_organization_id)
+        return DataverseClient(
+            self.settings.dataverse_url,
+            self.tokens,
+            session=self.session,
+            organization_id=self.settings.dataverse_organization_id,
+        )
+
+    @property
+    def tokens(self) -> TokenSource:
+        """Access tokens from the process's one managed-identity credential."""
+        return self._once("tokens", self._new_tokens)  # type: ignore[no-any-return]
+
+    def _new_tokens(self) -> TokenSource:
+        # azure.identity costs ~0.3 s to import: only processes that call Dataverse pay it.
+        from azure.identity import DefaultAzureCredential
+
+        from channel.identity import TokenSource
+
+        credential = DefaultAzureCredential(
+            managed_identity_client_id=self.settings.azure_client_id
+        )
+        return TokenSource(credential)
 
 
 def _new_session() -> requests.Session:

@@ -76,7 +76,15 @@ class OutboundService:
             # A submission may have left (or we cannot tell): never re-POST blindly.
             self.ledger.mark_ambiguous(rid)
             raise
-        return self.ledger.complete(rid, response)
+        if response.Status == "Sent":
+            self._remember_sender(payload)
+        return self.ledger.complete(claim, response)
+
+    def _remember_sender(self, payload: OutboundPayload) -> None:
+        """Learn our number's Dataverse form, so replies to it can be routed back."""
+        number = to_e164(payload.From, self.settings.default_region)
+        if number is not None:
+            self.ledger.remember_sender(number, payload.From, payload.ChannelDefinitionId)
 
     def _submit(self, payload: OutboundPayload, text: str, budget: Budget) -> OutboundResponse:
         rid = payload.RequestId

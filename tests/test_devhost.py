@@ -165,10 +165,11 @@ def test_health_needs_no_key(api: str, http: requests.Session) -> None:
 
 
 def test_delivery_report_reaches_the_function(api: str, http: requests.Session) -> None:
+    # Zero configuration has no Twilio auth token: the function says so itself.
     known = http.post(f"{api}/delivery-report/twilio", data=b"x=1", timeout=TIMEOUT)
-    assert known.status_code == 501
+    assert known.status_code == 503
     assert known.headers["Content-Type"] == "application/problem+json"
-    assert known.json()["status"] == 501
+    assert "TWILIO_AUTH_TOKEN is not set" in known.json()["detail"]
     # A 404 from the function (problem JSON naming the provider), not from the host.
     unknown = http.post(f"{api}/delivery-report/unknown", data=b"x=1", timeout=TIMEOUT)
     assert unknown.status_code == 404

@@ -89,11 +89,20 @@ def test_webhooks_of_unknown_providers_are_404(call: Call) -> None:
         assert "pigeon" in answer_json(response)["detail"]
 
 
-def test_webhooks_exist_before_their_capability_lands(call: Call) -> None:
+def test_webhooks_of_providers_not_built_yet_are_501(call: Call) -> None:
     for name in ("delivery_report", "inbound"):
-        response = call(name, b"", route_params={"provider": "twilio"})
+        response = call(name, b"", route_params={"provider": "acs"})
         assert response.status_code == 501
         assert response.mimetype == "application/problem+json"
+
+
+def test_twilio_webhooks_without_their_settings_are_503(call: Call) -> None:
+    for name in ("delivery_report", "inbound"):
+        response = call(name, b"", route_params={"provider": "twilio"})
+        assert response.status_code == 503
+        problems = answer_json(response)["problems"]
+        assert "TWILIO_AUTH_TOKEN is not set: Twilio webhooks cannot be verified" in problems
+        assert "CHANNEL_PUBLIC_URL is not set: Twilio webhooks cannot be verified" in problems
 
 
 def test_unexpected_errors_become_a_plain_problem_without_internals(

@@ -82,14 +82,17 @@ def test_store_survives_reopening(tmp_path: Path) -> None:
 
 
 def test_first_call_claims_and_completion_is_replayed(ledger: MessageLedger) -> None:
-    assert begin(ledger) == Claim("r-1", 1)
-    assert ledger.complete("r-1", sent()) == sent()
+    claim = begin(ledger)
+    assert claim == Claim("r-1", 1)
+    assert isinstance(claim, Claim)
+    assert ledger.complete(claim, sent()) == sent()
     assert begin(ledger) == Completed(sent())
 
 
 def test_record_keeps_correlation_but_not_the_recipient_or_text(ledger: MessageLedger) -> None:
-    begin(ledger)
-    ledger.complete("r-1", sent())
+    claim = begin(ledger)
+    assert isinstance(claim, Claim)
+    ledger.complete(claim, sent())
     record = ledger.get("r-1")
     assert record is not None
     assert record["from"] == SENDER
@@ -143,9 +146,10 @@ def test_a_callback_confirms_an_ambiguous_attempt(ledger: MessageLedger) -> None
 
 
 def test_a_callback_racing_the_answer_does_not_change_it(ledger: MessageLedger) -> None:
-    begin(ledger)
+    claim = begin(ledger)
+    assert isinstance(claim, Claim)
     assert ledger.confirm_sent("r-1", "SM1")  # the callback beats our own completion
-    assert ledger.complete("r-1", sent(message_id="SM1")) == sent(message_id="SM1")
+    assert ledger.complete(claim, sent(message_id="SM1")) == sent(message_id="SM1")
     assert ledger.confirm_sent("r-1", "SM2")  # later duplicates change nothing
     assert begin(ledger) == Completed(sent(message_id="SM1"))
 

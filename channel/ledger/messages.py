@@ -23,7 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
@@ -46,6 +46,9 @@ class Claim:
 
     request_id: str
     attempt: int
+    record: Record = field(default_factory=dict, compare=False, repr=False)
+    """The record as this claim wrote it, and its etag: completing is then one write."""
+    etag: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,13 @@ class MessageLedger:
             "created_at": now,
         }
         # Insert first: a new RequestId (the common case) costs one write, no read.
+        claimed = self._claimed(first, now)
         try:
-            self.store.insert(key, self._claimed(first, now))
+            etag = self.store.insert(key, claimed)
         except AlreadyExists:
             pass
         else:
-            return Claim(request_id, 1)
+            return Claim(request_id, 1, claimed, etag)
         while True:
             now = self.clock()
             found = self.store.get(key)
@@ -131,21 +135,28 @@ class MessageLedger:
             if isinstance(decision, Completed):
                 return decision
             try:
-                self.store.replace(key, decision, found.etag)
+                etag = self.store.replace(key, decision, found.etag)
             except StaleRecord:
                 continue
-            return Claim(request_id, int(decision["attempts"]) + 1)
+            return Claim(request_id, int(decision["attempts"]) + 1, decision, etag)
 
-    def complete(self, request_id: str, response: OutboundResponse) -> OutboundResponse:
+    def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
+        done = {"state": "done", "answer": fields, "message_id": fields["MessageId"]}
+        try:  # the common case: nobody touched the record since we claimed it
+            self.store.replace(_request_key(claim.request_id), claim.record | done, claim.etag)
+        except StaleRecord:
+            pass
+        else:
+            return response
 
         def finish(record: Record) -> Record | None:
             if record["state"] == "done":
                 return None
-            return record | {"state": "done", "answer": fields, "message_id": fields["MessageId"]}
+            return record | done
 
-        record = self._update(request_id, finish)
+        record = self._update(claim.request_id, finish)
         return OutboundResponse.model_validate(record["answer"])
 
     def release(self, request_id: str) -> None:

@@ -1,34 +1,44 @@
-"""SMS provider adapters and the registry that builds the configured one."""
+"""SMS provider adapters and the registry that builds them."""
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import requests
 
-from channel.config import Settings
-from channel.providers.base import Provider
+from channel.config import PROVIDER_IDS, Settings
+from channel.errors import NotFound, NotImplementedYet
+from channel.providers.base import Provider, WebhookAdapter
 
-# Adding a provider: one module with a ``from_settings(settings, session)`` builder,
-# and one line here. Modules are imported on first use to keep cold starts short.
-_BUILDERS = {
+# Adding a provider: one module with ``from_settings(settings, session)`` (sending) and
+# ``webhooks_from_settings(settings)`` (its webhooks), and one line here. Modules are
+# imported on first use to keep cold starts short.
+_MODULES = {
     "loopback": "channel.providers.loopback",
     "twilio": "channel.providers.twilio",
 }
 
 
 def build_provider(settings: Settings, session: requests.Session) -> Provider:
-    """The adapter for ``settings.provider``, wired to the shared HTTP session."""
-    module_name = _BUILDERS.get(settings.provider)
-    if module_name is None:
-        raise LookupError(f"provider '{settings.provider}' is not available in this version")
-    module = importlib.import_module(module_name)
-    provider: Provider = module.from_settings(settings, session)
+    """The sending adapter for ``settings.provider``, wired to the shared HTTP session."""
+    provider: Provider = _module(settings.provider).from_settings(settings, session)
     return provider
 
 
-def is_known(provider_id: str) -> bool:
-    """Whether ``provider_id`` names a provider of the SPEC (for webhook routes)."""
-    from channel.config import PROVIDER_IDS
+def build_webhooks(provider_id: str, settings: Settings) -> WebhookAdapter:
+    """The webhook adapter of ``provider_id`` (whatever provider sends outbound)."""
+    module = _module(provider_id)
+    if not hasattr(module, "webhooks_from_settings"):
+        raise NotImplementedYet(f"provider '{provider_id}' has no webhooks")
+    adapter: WebhookAdapter = module.webhooks_from_settings(settings)
+    return adapter
 
-    return provider_id in PROVIDER_IDS
+
+def _module(provider_id: str) -> ModuleType:
+    if provider_id not in PROVIDER_IDS:
+        raise NotFound(f"no provider '{provider_id}' (known: {', '.join(PROVIDER_IDS)})")
+    name = _MODULES.get(provider_id)
+    if name is None:
+        raise NotImplementedYet(f"provider '{provider_id}' is not available in this version")
+    return importlib.import_module(name)

@@ -1,28 +1,36 @@
-"""Twilio Programmable Messaging over plain REST (one pooled session, explicit timeouts)."""
+"""Twilio Programmable Messaging: sending over plain REST, and its signed webhooks."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
-import urllib3.exceptions
 
 from channel.budget import Budget
 from channel.config import Settings
+from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.phone import mask
 from channel.providers.base import (
     Accepted,
+    DeliveryState,
     OutboundSms,
     OutcomeUnknown,
     ProviderMisconfigured,
+    ReceivedSms,
     Rejected,
     SendOutcome,
+    StatusReport,
     Throttled,
     Unreachable,
+    Webhook,
+    WebhookReply,
 )
-from channel.retry import parse_retry_after
+from channel.retry import never_sent, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,9 @@ by Twilio's signature, so a callback's correlation cannot be forged)."""
 
 # https://www.twilio.com/docs/api/errors - 20429 is "Too Many Requests".
 _THROTTLED_CODES = {20429}
-# 20003: authentication failed; 20404: wrong account in the URL. Both are about our
-# settings, not this message: NotSent would lose every message until someone noticed.
+# 20003: authentication failed; 20404 (or any 404): wrong account or base URL. These are
+# about our settings, not this message: NotSent would lose every message until someone
+# noticed, so they answer 503 and the plugin retries once the settings are fixed.
 _CONFIGURATION_CODES = {20003, 20404}
 
 
@@ -67,17 +76,12 @@ class TwilioProvider:
                 auth=self._auth,
                 timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
             )
-        except requests.ConnectionError as exc:
-            if _never_sent(exc):
-                raise Unreachable(f"could not connect to Twilio: {type(exc).__name__}") from exc
-            raise OutcomeUnknown(f"connection to Twilio broke: {type(exc).__name__}") from exc
-        except requests.Timeout as exc:  # a read timeout: the request went out
-            raise OutcomeUnknown("Twilio did not answer in time") from exc
         except requests.RequestException as exc:
-            # Any other failure (e.g. ChunkedEncodingError: the reply broke off mid-body)
-            # came after the request went out: Twilio may have created the message.
-            # Without this it escaped as an unexpected error and the caller got a 500.
-            raise OutcomeUnknown(f"Twilio's reply broke off: {type(exc).__name__}") from exc
+            if never_sent(exc):
+                raise Unreachable(f"could not connect to Twilio: {type(exc).__name__}") from exc
+            # Anything else (read timeout, reset, a reply cut off mid-body) came after
+            # the request went out: Twilio may have created the message.
+            raise OutcomeUnknown(f"no usable answer from Twilio: {type(exc).__name__}") from exc
         return self._outcome(reply, sms)
 
     def form(self, sms: OutboundSms) -> dict[str, str]:
@@ -105,7 +109,7 @@ class TwilioProvider:
             return Accepted(sid)
         if status == 429 or code in _THROTTLED_CODES:
             raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
-        if status == 401 or code in _CONFIGURATION_CODES:
+        if status in (401, 404) or code in _CONFIGURATION_CODES:
             raise ProviderMisconfigured(
                 f"Twilio refused the account credentials (HTTP {status}, code {code})"
             )
@@ -118,16 +122,6 @@ class TwilioProvider:
             log.debug("twilio rejection detail: %s", reason)
             return Rejected(code=str(code or status), reason=reason)
         raise OutcomeUnknown(f"Twilio answered HTTP {status}")
-
-
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """True when the error happened before any byte of the request left (connect, TLS)."""
-    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, urllib3.exceptions.MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _json(reply: requests.Response) -> dict[str, Any]:
@@ -157,3 +151,141 @@ def from_settings(settings: Settings, session: requests.Session) -> TwilioProvid
         base_url=settings.twilio_base_url,
         messaging_service_sid=settings.twilio_messaging_service_sid,
     )
+
+
+# -- Webhooks: status callbacks and inbound messages ---------------------------------
+# https://www.twilio.com/docs/usage/webhooks/webhooks-security
+# https://www.twilio.com/docs/messaging/guides/track-outbound-message-status
+
+_DELIVERED = {"delivered", "read"}
+_NOT_DELIVERED = {"undelivered", "failed", "canceled"}
+
+
+class TwilioWebhooks:
+    """Verifies ``X-Twilio-Signature`` and reads Twilio's form posts."""
+
+    id = "twilio"
+
+    def __init__(self, *, auth_token: str, public_url: str) -> None:
+        self._key = auth_token.encode("utf-8")
+        self.public_url = public_url
+
+    def verify(self, hook: Webhook) -> None:
+        """Accept the call only if its signature matches the URL Twilio called and its form."""
+        signature = hook.headers.get("x-twilio-signature")
+        if not signature:
+            raise Unauthorized("the X-Twilio-Signature header is missing")
+        url = self.signed_url(hook)
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        if "bodySHA256" in query:
+            # JSON bodies: the URL carries the body's hash and the signature covers the URL.
+            digest = hashlib.sha256(hook.body).hexdigest()
+            if not hmac.compare_digest(digest, query["bodySHA256"][0]):
+                raise Forbidden("the body does not match its bodySHA256")
+            params: dict[str, list[str]] = {}
+        else:
+            params = _form(hook)
+        # Twilio signs some URLs with the default port and some without: accept either.
+        for candidate in _port_variants(url):
+            expected = _signature(self._key, candidate, params)
+            if hmac.compare_digest(expected.encode(), signature.encode()):
+                return
+        raise Forbidden("the X-Twilio-Signature does not match")
+
+    def signed_url(self, hook: Webhook) -> str:
+        """The URL Twilio called: our public base URL, the route path and the raw query.
+
+        Never the Host of the request: behind Front Door or a proxy it is not what
+        Twilio signed, and a forger controls it.
+        """
+        parts = urlsplit(hook.url)
+        url = self.public_url + parts.path
+        return f"{url}?{parts.query}" if parts.query else url
+
+    def handshake(self, hook: Webhook) -> WebhookReply | None:
+        """Twilio has no subscription handshake."""
+        return None
+
+    def status_reports(self, hook: Webhook) -> list[StatusReport]:
+        """The one status a callback carries, with our RequestId from its URL."""
+        form = _form(hook)
+        sid = _one(form, "MessageSid") or _one(form, "SmsSid")
+        status = (_one(form, "MessageStatus") or _one(form, "SmsStatus") or "").lower()
+        if not sid or not status:
+            raise BadRequest("MessageSid" if not sid else "MessageStatus", "is required")
+        query = parse_qs(urlsplit(hook.url).query)
+        correlation = query.get(CORRELATION_PARAM, [None])[0]
+        if status in _DELIVERED:
+            state = DeliveryState.DELIVERED
+        elif status in _NOT_DELIVERED:
+            state = DeliveryState.NOT_DELIVERED
+        else:  # queued, accepted, scheduled, sending, sent, receiving, and any new one
+            state = DeliveryState.PENDING
+        error = _one(form, "ErrorCode") or ""
+        return [StatusReport(sid, state, correlation, detail=f"{status} {error}".strip())]
+
+    def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
+        """The customer's message of an inbound call."""
+        form = _form(hook)
+        for field in ("MessageSid", "From", "To"):
+            if not _one(form, field):
+                raise BadRequest(field, "is required")
+        return [
+            ReceivedSms(
+                message_id=_one(form, "MessageSid"),
+                customer=_one(form, "From"),
+                our_number=_one(form, "To"),
+                text=_one(form, "Body"),
+            )
+        ]
+
+    def acknowledge(self, hook: Webhook) -> WebhookReply:
+        """An empty TwiML response: Twilio treats an empty body as error 12300."""
+        return WebhookReply(body=EMPTY_TWIML, mimetype="text/xml")
+
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+def _form(hook: Webhook) -> dict[str, list[str]]:
+    try:
+        text = hook.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body", "not UTF-8 form data") from None
+    return parse_qs(text, keep_blank_values=True)
+
+
+def _one(form: dict[str, list[str]], name: str) -> str:
+    values = form.get(name)
+    return values[0] if values else ""
+
+
+def _signature(key: bytes, url: str, params: dict[str, list[str]]) -> str:
+    """base64(HMAC-SHA1(auth token, URL + each name and value, names and values sorted))."""
+    data = url + "".join(
+        name + value for name in sorted(params) for value in sorted(set(params[name]))
+    )
+    return base64.b64encode(hmac.new(key, data.encode("utf-8"), hashlib.sha1).digest()).decode()
+
+
+def _port_variants(url: str) -> list[str]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    bare = parts._replace(netloc=host).geturl()
+    default = 443 if parts.scheme == "https" else 80
+    with_port = parts._replace(netloc=f"{host}:{parts.port or default}").geturl()
+    return [url, bare, with_port]
+
+
+def webhooks_from_settings(settings: Settings) -> TwilioWebhooks:
+    """Build the webhook side of Twilio: needs the auth token and the public URL."""
+    problems = []
+    if settings.twilio_auth_token is None:
+        problems.append("TWILIO_AUTH_TOKEN is not set: Twilio webhooks cannot be verified")
+    if settings.public_url is None:
+        problems.append("CHANNEL_PUBLIC_URL is not set: Twilio webhooks cannot be verified")
+    if problems:
+        raise NotConfigured(problems)
+    assert settings.twilio_auth_token is not None  # noqa: S101 - checked just above
+    assert settings.public_url is not None  # noqa: S101 - checked just above
+    return TwilioWebhooks(auth_token=settings.twilio_auth_token, public_url=settings.public_url)
