@@ -15,7 +15,7 @@ from pytest_httpserver import HTTPServer
 
 from channel.runtime import reset_runtime
 from tests.data import SENSITIVE, TWILIO_SID, TWILIO_TOKEN
-from tests.fakes import FakeTwilio
+from tests.fakes import IDENTITY_SECRET, FakeDataverse, FakeIdentity, FakeTwilio
 
 _PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "IDENTITY_", "MSI_", "WEBSITE_")
 
@@ -112,3 +112,44 @@ def twilio(configure: Configure, httpserver: HTTPServer) -> FakeTwilio:
 def answer_json(response: func.HttpResponse) -> Any:
     """The JSON body of a function's answer."""
     return json.loads(response.get_body())
+
+
+@pytest.fixture(scope="session")
+def identity_server() -> Iterator[HTTPServer]:
+    """A second local server, for the managed-identity endpoint."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataverse_server() -> Iterator[HTTPServer]:
+    """A third local server, for the Dataverse Web API."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def identity(
+    identity_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, configure: Configure
+) -> Iterator[FakeIdentity]:
+    """The App Service managed-identity protocol on 127.0.0.1, for the real azure-identity."""
+    fake = FakeIdentity(identity_server)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", identity_server.url_for("/msi/token"))
+    monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_SECRET)
+    yield fake
+    identity_server.clear()
+
+
+@pytest.fixture
+def dataverse(
+    dataverse_server: HTTPServer, identity: FakeIdentity, configure: Configure
+) -> Iterator[FakeDataverse]:
+    """A fake Dataverse and the app configured to call it with managed identity."""
+    fake = FakeDataverse(dataverse_server, identity)
+    configure(DATAVERSE_URL=fake.url)
+    yield fake
+    dataverse_server.clear()

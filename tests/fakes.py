@@ -1,10 +1,11 @@
-"""Fakes of the outside world on 127.0.0.1: a Twilio Messages API over pytest-httpserver."""
+"""Fakes of the outside world on 127.0.0.1: Twilio, Dataverse and the identity endpoint."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -118,3 +119,117 @@ def twilio_error(code: int, status: int = 400, *, rfc9457: bool = False) -> dict
         "more_info": f"https://www.twilio.com/docs/errors/{code}",
         "status": status,
     }
+
+
+ORGANIZATION_ID = "7d2f4e3a-1b2c-4d5e-8f90-123456789abc"
+IDENTITY_SECRET = "identity-header-secret"
+
+
+class FakeIdentity:
+    """The App Service managed-identity endpoint: hands out one-hour tokens, counts them."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.requests: list[Request] = []
+        self.issued: list[str] = []
+        self._lock = threading.Lock()
+        server.expect_request("/msi/token", method="GET").respond_with_handler(self.handle)
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens were handed out."""
+        return len(self.issued)
+
+    def handle(self, request: Request) -> Response:
+        self.requests.append(request)
+        if request.headers.get("X-IDENTITY-HEADER") != IDENTITY_SECRET:
+            return Response("bad header", status=400)
+        with self._lock:
+            token = f"token-{len(self.issued) + 1}"
+            self.issued.append(token)
+        body = {
+            "access_token": token,
+            "expires_on": str(int(time.time()) + 3600),
+            "resource": request.args["resource"],
+            "token_type": "Bearer",
+        }
+        return Response(json.dumps(body), content_type="application/json")
+
+
+class FakeDataverse:
+    """A Dataverse Web API that checks the token, headers and body shape of each call.
+
+    Calls that break the contract are answered 400 and listed in ``rejected``; tests
+    assert it stays empty. ``script`` holds answers to give before the default 204.
+    """
+
+    def __init__(self, server: HTTPServer, identity: FakeIdentity) -> None:
+        self.server = server
+        self.identity = identity
+        self.url = server.url_for("/").rstrip("/")
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.rejected: list[str] = []
+        self.script: list[Response] = []
+        self.whoami = 0
+        self._lock = threading.Lock()
+        for action in ("msdyn_D365ChannelsNotification", "msdyn_D365ChannelsInbound"):
+            server.expect_request(f"/api/data/v9.2/{action}", method="POST").respond_with_handler(
+                self.handle
+            )
+        server.expect_request("/api/data/v9.2/WhoAmI", method="GET").respond_with_handler(
+            self.who_am_i
+        )
+
+    def problems(self, request: Request) -> list[str]:
+        """What is wrong with a request's authentication and OData headers."""
+        found = []
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.identity.issued:
+            found.append(f"unknown bearer token {token!r}")
+        expected = {
+            "Accept": "application/json",
+            "OData-MaxVersion": "4.0",
+            "OData-Version": "4.0",
+        }
+        if request.method == "POST":
+            expected["Content-Type"] = "application/json; charset=utf-8"
+        for name, value in expected.items():
+            if request.headers.get(name) != value:
+                found.append(f"{name}: {request.headers.get(name)!r}")
+        return found
+
+    def who_am_i(self, request: Request) -> Response:
+        problems = self.problems(request)
+        if problems:
+            self.rejected.extend(problems)
+            return Response(status=400)
+        with self._lock:
+            self.whoami += 1
+        body = {"BusinessUnitId": "b", "UserId": "u", "OrganizationId": ORGANIZATION_ID}
+        return Response(json.dumps(body), content_type="application/json")
+
+    def handle(self, request: Request) -> Response:
+        problems = self.problems(request)
+        action = request.path.rsplit("/", 1)[1]
+        body = json.loads(request.data)
+        parameter = {
+            "msdyn_D365ChannelsNotification": "notificationPayLoad",
+            "msdyn_D365ChannelsInbound": "inboundPayLoad",
+        }[action]
+        if list(body) != [parameter] or not isinstance(body[parameter], str):
+            problems.append(f"{action} body {body!r}")
+        with self._lock:
+            if problems:
+                self.rejected.extend(problems)
+                return Response(status=400)
+            if self.script:
+                answer = self.script.pop(0)
+                if answer.status_code < 300:
+                    self.calls.append((action, json.loads(body[parameter])))
+                return answer
+            self.calls.append((action, json.loads(body[parameter])))
+        return Response(status=204)
+
+    def payloads(self, action: str) -> list[dict[str, Any]]:
+        """The decoded payloads of the successful calls of one action."""
+        return [payload for name, payload in self.calls if name == action]

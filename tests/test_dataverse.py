@@ -10,96 +10,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 from azure.identity import DefaultAzureCredential
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import DataverseClient, DataverseUnavailable
 from channel.identity import TokenSource
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER, TEXT
-
-ORGANIZATION_ID = "7d2f4e3a-1b2c-4d5e-8f90-123456789abc"
-IDENTITY_SECRET = "identity-header-secret"
-
-
-class FakeIdentity:
-    """The App Service managed-identity endpoint: hands out one-hour tokens, counts them."""
-
-    def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.requests: list[Request] = []
-        self.tokens = 0
-        server.expect_request("/msi/token", method="GET").respond_with_handler(self.handle)
-
-    def handle(self, request: Request) -> Response:
-        self.requests.append(request)
-        if request.headers.get("X-IDENTITY-HEADER") != IDENTITY_SECRET:
-            return Response("bad header", status=400)
-        self.tokens += 1
-        body = {
-            "access_token": f"token-{self.tokens}",
-            "expires_on": str(int(time.time()) + 3600),
-            "resource": request.args["resource"],
-            "token_type": "Bearer",
-        }
-        return Response(json.dumps(body), content_type="application/json")
-
-
-@pytest.fixture(scope="session")
-def identity_server() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def identity(
-    identity_server: HTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[FakeIdentity]:
-    server = identity_server
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("IDENTITY_ENDPOINT", server.url_for("/msi/token"))
-    monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_SECRET)
-    yield FakeIdentity(server)
-    server.clear()
-
-
-class FakeDataverse:
-    """A Dataverse Web API that checks the token, URL, headers and exact body of each call."""
-
-    def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.url = server.url_for("/").rstrip("/")
-        self.calls: list[tuple[str, dict[str, str]]] = []
-        self.script: list[Response] = []
-        self._lock = threading.Lock()
-        for action in ("msdyn_D365ChannelsNotification", "msdyn_D365ChannelsInbound"):
-            server.expect_request(f"/api/data/v9.2/{action}", method="POST").respond_with_handler(
-                self.handle
-            )
-        server.expect_request("/api/data/v9.2/WhoAmI", method="GET").respond_with_json(
-            {"BusinessUnitId": "b", "UserId": "u", "OrganizationId": ORGANIZATION_ID}
-        )
-
-    def handle(self, request: Request) -> Response:
-        assert request.headers["Authorization"].startswith("Bearer token-")
-        assert request.headers["Content-Type"] == "application/json; charset=utf-8"
-        assert request.headers["Accept"] == "application/json"
-        assert request.headers["OData-MaxVersion"] == "4.0"
-        assert request.headers["OData-Version"] == "4.0"
-        with self._lock:
-            self.calls.append((request.path.rsplit("/", 1)[1], json.loads(request.data)))
-            if self.script:
-                return self.script.pop(0)
-        return Response(status=204)
-
-
-@pytest.fixture
-def dataverse(httpserver: HTTPServer) -> FakeDataverse:
-    return FakeDataverse(httpserver)
+from tests.fakes import ORGANIZATION_ID, FakeDataverse, FakeIdentity
 
 
 @pytest.fixture
@@ -128,11 +46,10 @@ def test_notification_is_one_call_with_the_payload_as_a_json_string(
     client: DataverseClient, dataverse: FakeDataverse, identity: FakeIdentity
 ) -> None:
     client.notify(notification(), Budget(5))
-    ((action, body),) = dataverse.calls
+    ((action, sent),) = dataverse.calls
+    assert dataverse.rejected == []
     assert action == "msdyn_D365ChannelsNotification"
-    assert list(body) == ["notificationPayLoad"]
-    assert isinstance(body["notificationPayLoad"], str)
-    assert json.loads(body["notificationPayLoad"]) == {
+    assert sent == {
         "ChannelDefinitionId": DEFINITION_ID,
         "RequestId": "r-1",
         "MessageId": "SM1",
@@ -156,9 +73,10 @@ def test_inbound_is_one_call_with_the_payload_as_a_json_string(
         Message={"text": TEXT},
     )
     client.deliver_inbound(message, Budget(5))
-    ((action, body),) = dataverse.calls
+    ((action, sent),) = dataverse.calls
+    assert dataverse.rejected == []
     assert action == "msdyn_D365ChannelsInbound"
-    assert json.loads(body["inboundPayLoad"]) == {
+    assert sent == {
         "ChannelDefinitionId": DEFINITION_ID,
         "To": SENDER,
         "From": RECIPIENT,
@@ -172,8 +90,8 @@ def test_organization_id_is_read_once_from_who_am_i(
 ) -> None:
     assert client.organization_id(Budget(5)) == ORGANIZATION_ID
     assert client.organization_id(Budget(5)) == ORGANIZATION_ID
-    who = [r for r, _ in dataverse.server.log if r.path.endswith("/WhoAmI")]
-    assert len(who) == 1
+    assert dataverse.whoami == 1
+    assert dataverse.rejected == []
 
 
 def test_a_thousand_calls_need_one_token(
@@ -189,6 +107,7 @@ def test_a_thousand_calls_need_one_token(
     for thread in threads:
         thread.join()
     assert len(dataverse.calls) == 1000
+    assert dataverse.rejected == []
     assert identity.tokens == 1
 
 
@@ -200,7 +119,9 @@ def test_429_waits_out_retry_after(identity: FakeIdentity, dataverse: FakeDatave
     client.notify(notification(), Budget(5))
     elapsed = time.monotonic() - started
     session.close()
-    assert len(dataverse.calls) == 2
+    posts = [r for r, _ in dataverse.server.log if r.method == "POST"]
+    assert len(posts) == 2
+    assert len(dataverse.calls) == 1
     assert elapsed >= 1.0
 
 
@@ -210,7 +131,9 @@ def test_persistent_503_gives_up_within_the_budget(
     dataverse.script.extend(Response(status=503) for _ in range(10))
     with pytest.raises(DataverseUnavailable):
         client.notify(notification(), Budget(2))
-    assert 1 < len(dataverse.calls) <= 5
+    posts = [r for r, _ in dataverse.server.log if r.method == "POST"]
+    assert dataverse.calls == []
+    assert 1 < len(posts) <= 5
 
 
 def test_dataverse_errors_name_the_code(client: DataverseClient, dataverse: FakeDataverse) -> None:
@@ -220,7 +143,8 @@ def test_dataverse_errors_name_the_code(client: DataverseClient, dataverse: Fake
         client.notify(notification(), Budget(5))
     assert caught.value.code == "0x80040220"
     assert "0x80040220" in caught.value.detail
-    assert len(dataverse.calls) == 1
+    posts = [r for r, _ in dataverse.server.log if r.method == "POST"]
+    assert len(posts) == 1
 
 
 def test_unreachable_dataverse_is_retried_then_reported(identity: FakeIdentity) -> None:
