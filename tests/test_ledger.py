@@ -70,6 +70,28 @@ def test_store_insert_is_conditional_and_replace_is_guarded(store: EmbeddedStore
     assert store.get("missing") is None
 
 
+def test_store_delete_is_guarded_and_idempotent(store: EmbeddedStore) -> None:
+    etag = store.insert("k", {"v": 1})
+    newer = store.replace("k", {"v": 2}, etag)
+    with pytest.raises(StaleRecord):
+        store.delete("k", etag)
+    store.delete("k", newer)
+    assert store.get("k") is None
+    store.delete("k", newer)  # already gone: fine
+    assert store.insert("k", {"v": 3})  # the key can be used again
+
+
+def test_store_scan_returns_one_kind_with_original_keys(store: EmbeddedStore) -> None:
+    keys = ["outbox:notification:r/1", "outbox:inbound:twilio:SM#?x", "request:r/1", "outboxy:z"]
+    for index, key in enumerate(keys):
+        store.insert(key, {"i": index})
+    found = {key: versioned.data for key, versioned in store.scan("outbox")}
+    assert found == {"outbox:notification:r/1": {"i": 0}, "outbox:inbound:twilio:SM#?x": {"i": 1}}
+    for key, versioned in store.scan("request"):
+        store.replace(key, {"i": 9}, versioned.etag)  # scanned etags guard writes
+    assert store.get("request:r/1") is not None
+
+
 def test_store_survives_reopening(tmp_path: Path) -> None:
     first = EmbeddedStore(tmp_path / "l.sqlite3")
     first.insert("k", {"v": 1})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned
@@ -78,6 +79,31 @@ class EmbeddedStore:
         if cursor.rowcount != 1:
             raise StaleRecord(key)
         return str(version + 1)
+
+    def delete(self, key: str, etag: str) -> None:
+        """Remove the record if nobody changed it since ``etag`` was read."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM records WHERE key = ? AND version = ?", (key, int(etag))
+            )
+            gone = (
+                cursor.rowcount == 1
+                or self._db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone()
+                is None
+            )
+        if not gone:
+            raise StaleRecord(key)
+
+    def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
+        """Every record of one kind (key prefix ``kind:``)."""
+        prefix = f"{kind}:"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, data, version FROM records WHERE substr(key, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+        for key, data, version in rows:
+            yield key, Versioned(json.loads(data), str(version))
 
     def close(self) -> None:
         """Release the file."""

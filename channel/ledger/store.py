@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +26,11 @@ class StaleRecord(Exception):
 
 
 class RecordStore(Protocol):
-    """Key-value storage with optimistic concurrency; both backends implement it."""
+    """Key-value storage with optimistic concurrency; both backends implement it.
+
+    Keys are ``kind:rest`` (``request:<RequestId>``, ``outbox:<...>``, ``sender:<number>``);
+    ``rest`` may hold any character, so backends encode keys as they need.
+    """
 
     kind: str
 
@@ -39,4 +44,19 @@ class RecordStore(Protocol):
 
     def replace(self, key: str, data: Record, etag: str) -> str:
         """Overwrite the record if its etag still matches; else raise StaleRecord."""
+        ...
+
+    def delete(self, key: str, etag: str) -> None:
+        """Remove the record if its etag still matches; else raise StaleRecord.
+
+        A record already gone is not an error.
+        """
+        ...
+
+    def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
+        """Every record whose key starts with ``kind + ":"``, in no particular order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
         ...
