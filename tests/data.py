@@ -17,6 +17,8 @@ UK_RECIPIENT_E164 = "+447911123456"
 INVALID_RECIPIENT = "+1425555"
 TEXT = "Hi Ana, your code is 123456"
 OTHER_TEXT = "Hello Bo, your table is ready"
+REPLY_TEXT = "Yes please, 5pm works for me"
+"""A customer's reply (inbound)."""
 
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-test-auth-token-0001"
@@ -34,6 +36,7 @@ SENSITIVE = [
     INVALID_RECIPIENT,
     TEXT,
     OTHER_TEXT,
+    REPLY_TEXT,
     TWILIO_TOKEN,
 ]
 """Strings that must never appear in a log record at INFO or above."""

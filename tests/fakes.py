@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_httpserver import HTTPServer
@@ -95,6 +96,33 @@ class FakeTwilio:
         self.server.expect_request("/settle", method="GET").respond_with_data("")
         with urllib.request.urlopen(self.server.url_for("/settle"), timeout=10) as reply:  # noqa: S310
             reply.read()
+
+
+@dataclass
+class HeldPost:
+    """POSTs the fake Twilio holds (see ``hold_posts``): set ``release`` to let them go."""
+
+    arrived: threading.Event
+    """Set as soon as a POST came in (it is in flight from then on)."""
+    release: threading.Event
+    forms: list[dict[str, list[str]]] = field(default_factory=list)
+    """The form of each held POST, readable while it is still held."""
+
+
+def hold_posts(twilio: FakeTwilio, seconds: float) -> HeldPost:
+    """Like ``FakeTwilio.stall``, but tell when a POST arrived and what it carried."""
+    held = HeldPost(threading.Event(), threading.Event())
+
+    def handler(request: Request) -> Response:
+        held.forms.append(request.form.to_dict(flat=False))
+        held.arrived.set()
+        held.release.wait(seconds)
+        with twilio._lock:
+            sid = f"SM{next(twilio._ids):032x}"
+        return _json(201, {"sid": sid, "status": "queued", "error_code": None})
+
+    twilio.server.expect_request(twilio.path, method="POST").respond_with_handler(handler)
+    return held
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

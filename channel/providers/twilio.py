@@ -180,11 +180,18 @@ class TwilioWebhooks:
         if "bodySHA256" in query:
             # JSON bodies: the URL carries the body's hash and the signature covers the URL.
             digest = hashlib.sha256(hook.body).hexdigest()
-            if not hmac.compare_digest(digest, query["bodySHA256"][0]):
+            # Compared as bytes: compare_digest raises TypeError on a non-ASCII str, which
+            # made a forged bodySHA256 (e.g. %C3%A9) a 500 instead of a 403.
+            if not hmac.compare_digest(digest.encode(), query["bodySHA256"][0].encode()):
                 raise Forbidden("the body does not match its bodySHA256")
             params: dict[str, list[str]] = {}
         else:
-            params = _form(hook)
+            try:
+                params = _form(hook)
+            except BadRequest:
+                # Twilio signs UTF-8 form data: a body that is not fails authentication
+                # (403), it is not a malformed genuine call (400).
+                raise Forbidden("the body is not the form data Twilio signs") from None
         # Twilio signs some URLs with the default port and some without: accept either.
         for candidate in _port_variants(url):
             expected = _signature(self._key, candidate, params)
