@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from channel import http
+from channel import forwarding, http
 from channel.logs import quiet_libraries
 
 quiet_libraries()
@@ -42,3 +42,12 @@ def inbound(req: func.HttpRequest) -> func.HttpResponse:
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Report configuration and readiness."""
     return http.health(req)
+
+
+@app.function_name("forward_pending")
+@app.timer_trigger(
+    schedule="0 */1 * * * *", arg_name="timer", run_on_startup=False, use_monitor=False
+)
+def forward_pending(timer: func.TimerRequest) -> None:
+    """Forward to Dataverse what could not be forwarded at once; expire old records."""
+    forwarding.forward_pending()

@@ -42,6 +42,7 @@ class Settings:
     storage_url: str | None = None
     storage_table: str = "smschannel"
     ledger_path: str = ".channel/ledger.sqlite3"
+    retention_days: float = 30.0
     budget_seconds: float = DEFAULT_BUDGET_SECONDS
     ambiguous_grace_seconds: float = DEFAULT_AMBIGUOUS_GRACE_SECONDS
     dataverse_url: str | None = None
@@ -104,6 +105,7 @@ class _SettingsReader:
             "storage_table": self.get("CHANNEL_STORAGE_TABLE") or "smschannel",
             "ledger_path": self.get("CHANNEL_LEDGER_PATH") or ".channel/ledger.sqlite3",
             "budget_seconds": self._seconds("CHANNEL_TIME_BUDGET_SECONDS", 20.0, 1.0, 110.0),
+            "retention_days": self._number("CHANNEL_RETENTION_DAYS", 30.0, 1.0, 3650.0, "days"),
             "ambiguous_grace_seconds": self._seconds(
                 "CHANNEL_AMBIGUOUS_GRACE_SECONDS", DEFAULT_AMBIGUOUS_GRACE_SECONDS, 0.0, 86400.0
             ),
@@ -183,6 +185,9 @@ class _SettingsReader:
         return raw
 
     def _seconds(self, name: str, default: float, low: float, high: float) -> float:
+        return self._number(name, default, low, high, "seconds")
+
+    def _number(self, name: str, default: float, low: float, high: float, unit: str) -> float:
         raw = self.get(name)
         if raw is None:
             return default
@@ -191,7 +196,7 @@ class _SettingsReader:
         except ValueError:
             value = math.nan
         if not low <= value <= high:
-            self.problems.append(f"{name} must be a number of seconds from {low:g} to {high:g}")
+            self.problems.append(f"{name} must be a number of {unit} from {low:g} to {high:g}")
             return default
         return value
 

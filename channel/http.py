@@ -14,7 +14,7 @@ from channel.config import MAX_BODY_BYTES, Settings
 from channel.envelope import read_outbound
 from channel.errors import ChannelError, PayloadTooLarge
 from channel.providers.base import Webhook, WebhookReply
-from channel.runtime import get_runtime
+from channel.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,10 @@ def inbound(req: func.HttpRequest) -> func.HttpResponse:
 @answers_problems
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: 200 when configured and ready, 503 with every problem otherwise."""
-    settings = get_runtime().settings
-    report = health_report(settings)
+    runtime = get_runtime()
+    report = health_report(runtime.settings)
+    if not runtime.settings.problems:
+        report["forwarding"] = _forwarding_health(runtime)
     return func.HttpResponse(
         json.dumps(report),
         status_code=200 if report["status"] == "ok" else 503,
@@ -123,6 +125,21 @@ def health_report(settings: Settings) -> dict[str, object]:
         "publicUrl": settings.public_url,
         "problems": list(settings.problems),
         "notes": list(settings.notes),
+    }
+
+
+def _forwarding_health(runtime: Runtime) -> dict[str, object]:
+    """What waits in the outbox: counts and ages; dead items need an operator."""
+    try:
+        stats = runtime.outbox.stats()
+    except Exception as exc:  # health must answer even when the ledger does not
+        log.warning("health could not read the outbox: %s", type(exc).__name__)
+        return {"error": f"the message ledger could not be read ({type(exc).__name__})"}
+    return {
+        "pending": stats.pending,
+        "dead": stats.dead,
+        "oldestPendingSeconds": stats.oldest_pending_seconds,
+        "oldestDeadSeconds": stats.oldest_dead_seconds,
     }
 
 

@@ -12,7 +12,7 @@ from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import Dataverse, DataverseUnavailable
 from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
-from channel.ledger.outbox import Outbox
+from channel.ledger.outbox import Lease, Outbox
 from channel.phone import mask
 from channel.providers.base import (
     DeliveryState,
@@ -61,19 +61,16 @@ class WebhookService:
         )
         return adapter.acknowledge(hook)
 
-    def forward(self, key: str, budget: Budget, *, force: bool = False) -> bool:
-        """Forward one outbox item to Dataverse if it is due and nobody else is at it.
+    def forward(self, lease: Lease, budget: Budget) -> None:
+        """Hand one leased outbox item to Dataverse.
 
-        Returns True when this call forwarded it. Raises DataverseUnavailable (the item
-        stays pending) when Dataverse did not take it within the budget.
+        Raises DataverseUnavailable when Dataverse did not take it within the budget;
+        the item then stays pending (or becomes dead after too many attempts).
         """
-        item = self.outbox.claim(key, force=force)
-        if item is None:
-            return False
         try:
             organization = self.dataverse.organization_id(budget)
-            payload: dict[str, Any] = item["payload"] | {"OrganizationId": organization}
-            if item["kind"] == "notification":
+            payload: dict[str, Any] = lease.payload | {"OrganizationId": organization}
+            if lease.kind == "notification":
                 self.dataverse.notify(DeliveryNotification.model_validate(payload), budget)
             else:
                 self.dataverse.deliver_inbound(InboundMessage.model_validate(payload), budget)
@@ -83,13 +80,21 @@ class WebhookService:
                 if isinstance(exc, DataverseUnavailable)
                 else DataverseUnavailable(f"forwarding failed: {type(exc).__name__}")
             )
-            self.outbox.failed(key, unavailable.detail, retry_after=unavailable.retry_after)
+            item = self.outbox.failed(
+                lease, unavailable.detail, retry_after=unavailable.retry_after
+            )
+            if item["state"] == "dead":
+                log.error(
+                    "%s is dead after %s attempts: %s",
+                    lease.key,
+                    item["attempts"],
+                    unavailable.detail,
+                )
             if unavailable is exc:
                 raise
-            log.error("forwarding %s failed unexpectedly", key, exc_info=exc)
+            log.error("forwarding %s failed unexpectedly", lease.key, exc_info=exc)
             raise unavailable from exc
-        self.outbox.forwarded(key)
-        return True
+        self.outbox.forwarded(lease)
 
     def _report(self, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
@@ -107,9 +112,8 @@ class WebhookService:
         if report.state is DeliveryState.PENDING:
             log.info("request %s: intermediate status acknowledged", rid)
             return
-        key = f"notification:{rid}"
-        _, first = self.outbox.put(
-            key,
+        lease = self.outbox.put(
+            f"notification:{rid}",
             "notification",
             {
                 "ChannelDefinitionId": request["channel_definition_id"],
@@ -119,40 +123,39 @@ class WebhookService:
                 "Status": report.state.value,
             },
         )
-        log.info(
-            "request %s: %s reported%s",
-            rid,
-            report.state.value,
-            "" if first else " again (the first final status stands)",
-        )
-        self.forward(key, budget, force=True)
+        if lease is None:
+            log.info(
+                "request %s: %s again, acknowledged (the first stands)", rid, report.state.value
+            )
+            return
+        log.info("request %s: %s", rid, lease.payload["Status"])
+        self.forward(lease, budget)
 
     def _receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
-        key = f"inbound:{provider}:{sms.message_id}"
-        if self.outbox.get(key) is None:
-            learned = self.ledger.sender(sms.our_number)
-            definition = (
-                learned["channel_definition_id"] if learned else self.settings.definition_id
+        learned = self.ledger.sender(sms.our_number)
+        definition = learned["channel_definition_id"] if learned else self.settings.definition_id
+        if definition is None:
+            raise NotConfigured(
+                [
+                    f"an inbound message to {mask(sms.our_number)} has no channel "
+                    "definition: set CHANNEL_DEFINITION_ID or send from that number first"
+                ]
             )
-            if definition is None:
-                raise NotConfigured(
-                    [
-                        f"an inbound message to {mask(sms.our_number)} has no channel "
-                        "definition: set CHANNEL_DEFINITION_ID or send from that number first"
-                    ]
-                )
-            self.outbox.put(
-                key,
-                "inbound",
-                {
-                    "ChannelDefinitionId": definition,
-                    "To": learned["from"] if learned else sms.our_number,
-                    "From": sms.customer,
-                    "Message": {self.settings.message_part: sms.text},
-                },
-            )
-            log.info("inbound %s from %s kept", sms.message_id, mask(sms.customer))
-        self.forward(key, budget, force=True)
+        lease = self.outbox.put(
+            f"inbound:{provider}:{sms.message_id}",
+            "inbound",
+            {
+                "ChannelDefinitionId": definition,
+                "To": learned["from"] if learned else sms.our_number,
+                "From": sms.customer,
+                "Message": {self.settings.message_part: sms.text},
+            },
+        )
+        if lease is None:
+            log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
+            return
+        log.info("inbound %s from %s", sms.message_id, mask(sms.customer))
+        self.forward(lease, budget)
 
     @staticmethod
     def _each(items: list[T], handle: Callable[[T], None]) -> None:

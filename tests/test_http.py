@@ -31,7 +31,13 @@ def test_importing_the_app_with_no_settings_registers_every_function(tmp_path: P
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["delivery_report", "health", "inbound", "outbound"]
+    assert done.stdout.split() == [
+        "delivery_report",
+        "forward_pending",
+        "health",
+        "inbound",
+        "outbound",
+    ]
     assert not (tmp_path / ".channel").exists()  # nothing built at import
 
 

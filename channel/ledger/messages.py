@@ -221,8 +221,14 @@ class MessageLedger:
 
     def sender(self, number: str) -> Record | None:
         """What ``remember_sender`` learned about our number ``number``, or None."""
+        known = self._senders.get(number)
+        if known is not None:
+            return known
         found = self.store.get(f"sender:{number}")
-        return None if found is None else found.data
+        if found is None:
+            return None
+        self._senders[number] = found.data
+        return found.data
 
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
