@@ -1,4 +1,4 @@
-"""A local stand-in for the Azure Functions host: serves the app's HTTP functions with werkzeug.
+"""A local stand-in for the Azure Functions host: serves HTTP functions, runs timer functions.
 
 Run ``python -m channel.devhost [--host 127.0.0.1] [--port 7071]`` from the app's root
 (the folder with ``function_app.py`` and ``host.json``). Like ``func start`` it reads
@@ -9,10 +9,22 @@ key for FUNCTION/ADMIN routes (``x-functions-key`` header or ``code`` query para
 ``CHANNEL_DEVHOST_KEY`` or a random key printed at start-up) and throttles like
 ``extensions.http.maxConcurrentRequests`` / ``maxOutstandingRequests`` (429 beyond).
 
+Timer functions run on their schedule (``TimerRunner``): a six-field NCRONTAB expression
+(seconds first, ``%SETTING%`` resolved) or a TimeSpan ``hh:mm:ss``, each function in its
+own thread, one run at a time. As in the host, the next occurrence is counted from the
+start of a run, so a run that overruns it is followed at once by a single late run;
+``runOnStartup`` runs the function at start-up. A bad schedule is listed as "not served".
+On SIGINT/SIGTERM the timers stop with the server; a run under way may finish (10 s).
+
 What it does NOT do, compared with the real host:
 
-- only HTTP triggers with a ``$return`` HTTP output are served; other triggers (timers,
-  queues) and other bindings are listed as "not served";
+- only HTTP triggers with a ``$return`` HTTP output and timer triggers without other
+  bindings are served; other triggers (queues, ...) and bindings are listed as "not served";
+- timers use UTC (Azure's default), never WEBSITE_TIME_ZONE nor the machine's local time
+  zone (which ``func start`` uses); there is no schedule monitor (``useMonitor``): nothing
+  is persisted, missed occurrences are not made up after a restart, ``past_due`` is always
+  False and ``schedule_status`` empty; TimeSpan schedules are accepted on any plan;
+  schedules the host takes but never or oddly runs are refused (a step of 0, April 31);
 - one function key for every route: no host, master, system or per-function keys, no
   key management API, no ``/admin`` endpoints, no EasyAuth;
 - no proxies, no ``customHeaders``/HSTS from host.json, no ``functionTimeout``, no
@@ -41,13 +53,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from calendar import monthrange
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from datetime import MAXYEAR, UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
+from azure.functions.timer import TimerRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -64,6 +80,8 @@ MAX_BODY_BYTES = 104_857_600
 """The host's default request body limit (100 MB)."""
 _KEYED_LEVELS = frozenset({"FUNCTION", "ADMIN", "SYSTEM"})
 _DRAIN_SECONDS = 10.0
+_MAX_SLEEP_SECONDS = 30.0
+"""The longest a timer sleeps before looking at the wall clock again (it may have jumped)."""
 
 UserFunction = Callable[..., Any]
 
@@ -143,11 +161,26 @@ class UnservedFunction:
 
 
 @dataclass(frozen=True)
+class TimerFunction:
+    """A timer-triggered function as the host schedules it."""
+
+    name: str
+    schedule: Schedule
+    """The parsed schedule, ``%SETTING%`` references resolved."""
+    arg_name: str
+    run_on_startup: bool
+    use_monitor: bool | None
+    """As declared; this host keeps no schedule status, so it only shows it."""
+    function: UserFunction = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class AppIndex:
-    """The app's functions, split into the served HTTP routes and the rest."""
+    """The app's functions, split into the served HTTP routes, the timers and the rest."""
 
     routes: tuple[HttpRoute, ...]
     unserved: tuple[UnservedFunction, ...]
+    timers: tuple[TimerFunction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,20 +234,281 @@ def _parameter(spec: str, template: str) -> str:
     return f"<{converter}:{name}>"
 
 
-def index_app(app: func.FunctionApp, route_prefix: str) -> AppIndex:
-    """Read the app's indexed metadata (``get_functions()``, called once) as the host does."""
+# --- timer schedules ----------------------------------------------------------------------
+
+_SETTING = re.compile(r"%([^%]+)%")
+_NUMBER = re.compile(r"[0-9]+")
+_TIMESPAN = re.compile(r"(?:([0-9]+)\.)?([0-9]+(?::[0-9]+){1,3})(?:\.([0-9]{1,7}))?")
+"""``[d.]`` then two to four ``:``-separated numbers, then ``.fffffff``: checked further."""
+_MONTH_NAMES = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_DAY_NAMES = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+_LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_CALENDAR_CYCLE_YEARS = 400
+"""The Gregorian calendar (weekdays included) repeats every 400 years."""
+_FIELD_ORDER = "{second} {minute} {hour} {day} {month} {day-of-week}"
+
+
+class ScheduleError(ValueError):
+    """A timer schedule that is neither a six-field NCRONTAB expression nor a TimeSpan."""
+
+
+@dataclass(frozen=True)
+class _CronField:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        """The sorted values of one field: ``*``, ``a``, ``a-b``, ``/step`` and ``,`` lists."""
+        values: set[int] = set()
+        for item in text.split(","):
+            if not item:
+                raise ScheduleError(f"empty item in the {self.name} field {text!r}")
+            base, slash, step_text = item.partition("/")
+            step = 1
+            if slash:
+                if not _NUMBER.fullmatch(step_text) or int(step_text) < 1:
+                    raise ScheduleError(f"bad step {step_text!r} in the {self.name} field {text!r}")
+                step = int(step_text)
+            if base == "*":
+                first, last = self.low, self.high
+            elif "-" in base[1:]:
+                start, _, end = base.partition("-")
+                # NCrontab swaps a reversed range (5-1 is 1-5); it does not wrap around.
+                first, last = sorted((self._value(start), self._value(end)))
+            else:
+                first = self._value(base)
+                last = self.high if slash else first  # NCrontab: a/n is a, a+n, ... up to the max
+            values.update(range(first, last + 1, step))
+        return tuple(sorted(values))
+
+    def _value(self, text: str) -> int:
+        if _NUMBER.fullmatch(text):
+            value = int(text)
+            if not self.low <= value <= self.high:
+                sunday = " (0 is Sunday)" if self.names == _DAY_NAMES else ""
+                raise ScheduleError(
+                    f"{self.name} {value} is out of range {self.low}-{self.high}{sunday}"
+                )
+            return value
+        if text and self.names:
+            # As NCrontab: any case-insensitive prefix of a name, first match wins (M = March).
+            for index, name in enumerate(self.names):
+                if name.lower().startswith(text.lower()):
+                    return self.low + index
+        expected = f"a number {self.low}-{self.high}"
+        if self.names:
+            expected += f" or a name ({self.names[0][:3]}, ...)"
+        raise ScheduleError(f"bad {self.name} value {text!r}: expected {expected}")
+
+
+_CRON_FIELDS = (
+    _CronField("second", 0, 59),
+    _CronField("minute", 0, 59),
+    _CronField("hour", 0, 23),
+    _CronField("day", 1, 31),
+    _CronField("month", 1, 12, _MONTH_NAMES),
+    _CronField("day-of-week", 0, 6, _DAY_NAMES),
+)
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A six-field NCRONTAB schedule; day and day-of-week must both match (as in NCrontab)."""
+
+    text: str
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: tuple[int, ...]
+    months: tuple[int, ...]
+    days_of_week: tuple[int, ...]
+    """0 is Sunday, 6 Saturday."""
+
+    def next_after(self, after: datetime) -> datetime:
+        """The first occurrence strictly after ``after`` (whole seconds, UTC)."""
+        start = _as_utc(after).replace(microsecond=0, tzinfo=None) + timedelta(seconds=1)
+        last_year = min(start.year + _CALENDAR_CYCLE_YEARS, MAXYEAR)
+        for year in range(start.year, last_year + 1):
+            for month in self.months:
+                if (year, month) < (start.year, start.month):
+                    continue
+                month_days = monthrange(year, month)[1]
+                for day in self.days:
+                    if day > month_days:
+                        break
+                    candidate = date(year, month, day)
+                    if candidate < start.date():
+                        continue
+                    if (candidate.weekday() + 1) % 7 not in self.days_of_week:
+                        continue
+                    at = self._first_time(start.time() if candidate == start.date() else dtime())
+                    if at is not None:
+                        return datetime.combine(candidate, at, UTC)
+        raise ScheduleError(f"{self.text!r} has no occurrence after {after.isoformat()}")
+
+    def _first_time(self, earliest: dtime) -> dtime | None:
+        for hour in self.hours:
+            if hour < earliest.hour:
+                continue
+            for minute in self.minutes:
+                if hour == earliest.hour and minute < earliest.minute:
+                    continue
+                for second in self.seconds:
+                    same_minute = (hour, minute) == (earliest.hour, earliest.minute)
+                    if same_minute and second < earliest.second:
+                        continue
+                    return dtime(hour, minute, second)
+        return None
+
+
+@dataclass(frozen=True)
+class IntervalSchedule:
+    """A TimeSpan schedule (``hh:mm:ss``): every ``interval``, counted from the last start."""
+
+    text: str
+    interval: timedelta
+
+    def next_after(self, after: datetime) -> datetime:
+        """``after`` plus the interval, as the host's ConstantSchedule."""
+        return _as_utc(after) + self.interval
+
+
+Schedule = CronSchedule | IntervalSchedule
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment.isoformat()} has no time zone; pass an aware datetime")
+    return moment.astimezone(UTC)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a timer schedule as the host does: NCRONTAB with seconds, else a TimeSpan.
+
+    NCRONTAB has six fields ``{second} {minute} {hour} {day} {month} {day-of-week}``, each
+    ``*``, a number, ``a-b``, ``*/n``, ``a-b/n``, ``a/n`` or a comma list of those; months and
+    days of week also take (prefixes of) English names. The host does not accept the
+    five-field form. A TimeSpan is ``[d.]hh:mm[:ss[.fffffff]]``, ``d:hh:mm:ss``, ``dd:hh:mm``
+    (dd 24 or more) or a number of days.
+    """
+    tokens = [token for token in text.split(" ") if token]
+    if not tokens:
+        raise ScheduleError("the schedule is empty")
+    if len(tokens) == 1:
+        if _TIMESPAN.fullmatch(tokens[0]) or _NUMBER.fullmatch(tokens[0]):
+            return _parse_interval(text, tokens[0])
+        raise ScheduleError(
+            f"{text!r} is neither an NCRONTAB expression ({_FIELD_ORDER}) nor a TimeSpan (hh:mm:ss)"
+        )
+    if len(tokens) != len(_CRON_FIELDS):
+        hint = f" (the seconds come first: '0 {text}'?)" if len(tokens) == 5 else ""
+        raise ScheduleError(
+            f"{text!r} has {len(tokens)} fields, NCRONTAB has 6: {_FIELD_ORDER}{hint}"
+        )
+    try:
+        seconds, minutes, hours, days, months, days_of_week = (
+            spec.parse(token) for spec, token in zip(_CRON_FIELDS, tokens, strict=True)
+        )
+    except ScheduleError as exc:
+        raise ScheduleError(f"{text!r}: {exc}") from None
+    if not any(day <= _LONGEST_MONTH[month - 1] for month in months for day in days):
+        listed = ",".join(map(str, days))
+        raise ScheduleError(f"{text!r} never occurs: none of its months has a day {listed}")
+    return CronSchedule(text, seconds, minutes, hours, days, months, days_of_week)
+
+
+def _parse_interval(text: str, token: str) -> IntervalSchedule:
+    """A .NET TimeSpan: ``d``, ``[d.]hh:mm[:ss[.f]]``, ``d:hh:mm:ss[.f]`` or ``dd:hh:mm``.
+
+    The last when the first number is 24 or more: the Azure docs' ``24:00:00`` is 24 days.
+    """
+    match = _TIMESPAN.fullmatch(token)
+    if match is None:  # a whole number is a number of days
+        return _interval(text, timedelta(days=int(token)))
+    day_prefix, clock, fraction = match.groups()
+    numbers = [int(part) for part in clock.split(":")]
+    days = int(day_prefix or 0)
+    if day_prefix is None and len(numbers) == 4:  # d:hh:mm:ss
+        days, numbers = numbers[0], numbers[1:]
+    elif day_prefix is None and len(numbers) == 3 and numbers[0] >= 24 and fraction is None:
+        days, numbers = numbers[0], [*numbers[1:], 0]  # dd:hh:mm
+    if len(numbers) != 3 and (len(numbers) == 4 or fraction is not None):
+        raise ScheduleError(f"bad TimeSpan {text!r}: expected [d.]hh:mm:ss")
+    hours, minutes, seconds = [*numbers, 0][:3]
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise ScheduleError(f"bad TimeSpan {text!r}: hh is 0-23, mm and ss 0-59")
+    interval = timedelta(
+        days=days,
+        hours=hours,
+        minutes=minutes,
+        seconds=seconds,
+        microseconds=round(int((fraction or "0").ljust(7, "0")) / 10),
+    )
+    return _interval(text, interval)
+
+
+def _interval(text: str, interval: timedelta) -> IntervalSchedule:
+    if interval <= timedelta(0):
+        raise ScheduleError(f"the TimeSpan {text!r} must be longer than zero")
+    return IntervalSchedule(text, interval)
+
+
+def next_occurrence(schedule: str | Schedule, after: datetime) -> datetime:
+    """The first occurrence of ``schedule`` strictly after the aware ``after``, in UTC."""
+    parsed = parse_schedule(schedule) if isinstance(schedule, str) else schedule
+    return parsed.next_after(after)
+
+
+def resolve_settings(text: str, settings: Mapping[str, str]) -> str:
+    """Replace ``%NAME%`` with the app setting ``NAME``, as the host resolves a schedule."""
+
+    def setting(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in settings:
+            raise ScheduleError(f"app setting {name} (in {text!r}) is not set")
+        return settings[name]
+
+    return _SETTING.sub(setting, text)
+
+
+def utc_now() -> datetime:
+    """The current time in UTC: the host's clock unless WEBSITE_TIME_ZONE is set."""
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def index_app(
+    app: func.FunctionApp, route_prefix: str, *, settings: Mapping[str, str] | None = None
+) -> AppIndex:
+    """Read the app's indexed metadata (``get_functions()``, called once) as the host does.
+
+    ``settings`` (the environment by default) resolves ``%NAME%`` in timer schedules.
+    """
     routes: list[HttpRoute] = []
+    timers: list[TimerFunction] = []
     unserved: list[UnservedFunction] = []
     for fn in app.get_functions():
-        entry = _index_function(fn, route_prefix)
+        entry = _index_function(fn, route_prefix, os.environ if settings is None else settings)
         if isinstance(entry, HttpRoute):
             routes.append(entry)
+        elif isinstance(entry, TimerFunction):
+            timers.append(entry)
         else:
             unserved.append(entry)
-    return AppIndex(tuple(routes), tuple(unserved))
+    return AppIndex(tuple(routes), tuple(unserved), tuple(timers))
 
 
-def _index_function(fn: Any, route_prefix: str) -> HttpRoute | UnservedFunction:
+def _index_function(
+    fn: Any, route_prefix: str, settings: Mapping[str, str]
+) -> HttpRoute | TimerFunction | UnservedFunction:
     name: str = fn.get_function_name()
     user: UserFunction = fn.get_user_function()
     bindings: list[dict[str, Any]] = [json.loads(raw) for raw in fn.get_raw_bindings()]
@@ -224,8 +518,20 @@ def _index_function(fn: Any, route_prefix: str) -> HttpRoute | UnservedFunction:
     if trigger is None:
         return UnservedFunction(name, "none", "no trigger binding", {}, user)
     kind = str(trigger["type"]).removesuffix("Trigger").removesuffix("trigger")
+    if kind.lower() == "timer":
+        return _index_timer(name, user, trigger, bindings, settings)
     if kind.lower() != "http":
         return UnservedFunction(name, kind, kind, trigger, user)
+    return _index_http(name, user, trigger, bindings, route_prefix)
+
+
+def _index_http(
+    name: str,
+    user: UserFunction,
+    trigger: dict[str, Any],
+    bindings: list[dict[str, Any]],
+    route_prefix: str,
+) -> HttpRoute | UnservedFunction:
     others = [
         b
         for b in bindings
@@ -253,6 +559,41 @@ def _index_function(fn: Any, route_prefix: str) -> HttpRoute | UnservedFunction:
         methods=frozenset(str(m).upper() for m in methods) if methods else None,
         auth_level=str(trigger.get("authLevel") or "FUNCTION").upper(),
         binding_name=binding_name,
+        function=user,
+    )
+
+
+def _index_timer(
+    name: str,
+    user: UserFunction,
+    trigger: dict[str, Any],
+    bindings: list[dict[str, Any]],
+    settings: Mapping[str, str],
+) -> TimerFunction | UnservedFunction:
+    others = sorted({str(b.get("type")) for b in bindings if b is not trigger})
+    if others:
+        return UnservedFunction(
+            name, "timer", f"unsupported bindings: {', '.join(others)}", trigger, user
+        )
+    arg_name = str(trigger.get("name") or "timer")
+    parameters = list(inspect.signature(user).parameters)
+    extra = [p for p in parameters if p != arg_name]
+    if extra or arg_name not in parameters:
+        reason = (
+            f"unsupported parameters: {', '.join(extra)}" if extra else f"no parameter {arg_name}"
+        )
+        return UnservedFunction(name, "timer", reason, trigger, user)
+    try:
+        schedule = parse_schedule(resolve_settings(str(trigger.get("schedule") or ""), settings))
+    except ScheduleError as exc:
+        return UnservedFunction(name, "timer", f"bad schedule: {exc}", trigger, user)
+    monitor = trigger.get("useMonitor")
+    return TimerFunction(
+        name=name,
+        schedule=schedule,
+        arg_name=arg_name,
+        run_on_startup=bool(trigger.get("runOnStartup", False)),
+        use_monitor=None if monitor is None else bool(monitor),
         function=user,
     )
 
@@ -300,6 +641,129 @@ class Throttle:
         """Wait until no request is outstanding; False when ``timeout`` passed first."""
         with self._changed:
             return self._changed.wait_for(lambda: self._outstanding == 0, timeout)
+
+
+Clock = Callable[[], datetime]
+"""Returns the current time, timezone-aware."""
+Sleeper = Callable[[float], object]
+"""Sleeps for the given seconds (it may return early)."""
+
+
+class TimerRunner:
+    """Runs timer functions on their schedules, as the host's timer listeners do.
+
+    Each function has its own thread, so a slow function does not hold up the others, and
+    runs one invocation at a time. Like the host, the next occurrence is counted from the
+    start of a run: when a run ends after it, the next run starts at once (late, never
+    twice; every occurrence missed meanwhile collapses into it), and ``past_due`` stays
+    False (the host sets it only from its schedule monitor, which this host has not).
+
+    ``clock`` and ``sleep`` can be replaced to drive schedules without waiting: ``sleep``
+    is called from the timer threads with the seconds until the next occurrence (at most
+    30), and ``stop()`` may be called from it. By default the threads sleep on the stop
+    event, so ``stop()`` wakes them at once.
+    """
+
+    def __init__(
+        self,
+        timers: Sequence[TimerFunction],
+        *,
+        clock: Clock = utc_now,
+        sleep: Sleeper | None = None,
+    ) -> None:
+        self.timers = tuple(timers)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._sleep: Sleeper = self._stop.wait if sleep is None else sleep
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+
+    def __enter__(self) -> TimerRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.join(_DRAIN_SECONDS)
+
+    @property
+    def busy(self) -> list[str]:
+        """The timer functions running now."""
+        with self._lock:
+            return sorted(self._busy)
+
+    def start(self) -> None:
+        """Start one thread per timer function (runOnStartup ones run at once)."""
+        if self._threads:
+            raise RuntimeError("the timer runner has already been started")
+        self._threads = [
+            threading.Thread(target=self._serve, args=(t,), name=f"timer-{t.name}", daemon=True)
+            for t in self.timers
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Ask every timer to stop: no new runs; runs under way finish."""
+        self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the threads to end after ``stop()``; False when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def _serve(self, timer: TimerFunction) -> None:
+        try:
+            if timer.run_on_startup:
+                started = self._clock()
+                self._invoke(timer)
+                due = timer.schedule.next_after(started)
+            else:
+                due = timer.schedule.next_after(self._clock())
+            while self._wait_until(due):
+                started = max(self._clock(), due)
+                self._invoke(timer)
+                due = timer.schedule.next_after(started)
+                if due <= self._clock():
+                    log.warning(
+                        "timer %s ran past its next occurrence (%s): running it now",
+                        timer.name,
+                        _stamp(due),
+                    )
+        except Exception:
+            log.exception("timer %s stopped: its schedule failed", timer.name)
+
+    def _wait_until(self, due: datetime) -> bool:
+        """Sleep until ``due``; False when asked to stop first."""
+        while not self._stop.is_set():
+            remaining = (due - self._clock()).total_seconds()
+            if remaining <= 0:
+                return True
+            self._sleep(min(remaining, _MAX_SLEEP_SECONDS))
+        return False
+
+    def _invoke(self, timer: TimerFunction) -> None:
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self._busy.add(timer.name)
+        started = time.perf_counter()
+        try:
+            result = timer.function(**{timer.arg_name: TimerRequest(past_due=False)})
+            if inspect.isawaitable(result):
+                asyncio.run(_await(result))
+        except Exception:
+            elapsed = (time.perf_counter() - started) * 1000
+            log.exception("timer %s failed in %.0f ms", timer.name, elapsed)
+        else:
+            elapsed = (time.perf_counter() - started) * 1000
+            log.info("timer %s ran in %.0f ms", timer.name, elapsed)
+        finally:
+            with self._lock:
+                self._busy.discard(timer.name)
 
 
 class DevHost:
@@ -380,6 +844,10 @@ class DevHost:
             log.exception("function %s raised; answering 500", route.name)
             return _empty(500)
         return _to_response(route.name, result)
+
+    def timer_runner(self, *, clock: Clock = utc_now, sleep: Sleeper | None = None) -> TimerRunner:
+        """A runner (not started) for the app's timer functions."""
+        return TimerRunner(self.index.timers, clock=clock, sleep=sleep)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -487,13 +955,23 @@ class QuietRequestHandler(WSGIRequestHandler):
             log.warning("HTTP server error: %s", format)
 
 
-def describe(index: AppIndex, base_url: str, *, key_hint: str) -> list[str]:
-    """The start-up lines: every served URL (with the key hint where one is needed)."""
+def describe(
+    index: AppIndex, base_url: str, *, key_hint: str, now: datetime | None = None
+) -> list[str]:
+    """The start-up lines: the served URLs, the timers and what is not served.
+
+    URLs show the key hint where one is needed; timers their next occurrence after ``now``.
+    """
     lines: list[str] = []
     for route in index.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "*"
         suffix = f" (key: {key_hint})" if route.keyed else ""
         lines.append(f"{route.name}: {methods} {base_url}{route.url_path}{suffix}")
+    now = utc_now() if now is None else now
+    for timer in index.timers:
+        first = "at start-up, then " if timer.run_on_startup else ""
+        next_run = _stamp(timer.schedule.next_after(now))
+        lines.append(f"{timer.name}: timer {timer.schedule.text} ({first}next {next_run})")
     lines.extend(f"{fn.name}: not served ({fn.reason})" for fn in index.unserved)
     return lines
 
@@ -534,7 +1012,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"devhost: {len(loaded)} settings from local.settings.json", flush=True)
     for line in describe(host.index, base_url, key_hint=key_hint):
         print(line, flush=True)
+    time_zone = os.environ.get("WEBSITE_TIME_ZONE")
+    if host.index.timers and time_zone:
+        print(f"devhost: timers run in UTC; WEBSITE_TIME_ZONE={time_zone} is ignored", flush=True)
     print(f"devhost: listening on {base_url} (Ctrl+C to stop)", flush=True)
+    timers = host.timer_runner()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread, inside serve_forever; shutdown() waits for that loop
@@ -543,12 +1025,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        timers.start()
         server.serve_forever()  # returns after shutdown(), with the listening socket closed
     finally:
+        timers.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    deadline = time.monotonic() + _DRAIN_SECONDS
     if not host.throttle.wait_idle(_DRAIN_SECONDS):
         log.warning("stopping with %s requests still running", host.throttle.outstanding)
+    if not timers.join(max(0.0, deadline - time.monotonic())):
+        log.warning("stopping with timer functions still running: %s", ", ".join(timers.busy))
     print("devhost: stopped", flush=True)
     return 0
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.functions as func
@@ -24,9 +25,15 @@ from werkzeug.serving import make_server
 from channel.devhost import (
     DevHost,
     QuietRequestHandler,
+    ScheduleError,
+    TimerFunction,
+    TimerRunner,
     build_wsgi_app,
     describe,
+    index_app,
     load_local_settings,
+    next_occurrence,
+    parse_schedule,
     read_host_settings,
     route_to_rule,
 )
@@ -247,7 +254,7 @@ class Tiny:
 
         @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
         def forward_pending(timer: func.TimerRequest) -> None:
-            """Never called by this host (yet)."""
+            """Scheduled, never started by these tests."""
 
 
 def test_request_and_response_are_built_like_the_host() -> None:
@@ -326,15 +333,333 @@ def test_throttle_settings_are_validated() -> None:
         build_wsgi_app(Tiny().app, key="")
 
 
-def test_timer_functions_are_listed_not_served() -> None:
+def test_timer_functions_are_listed_with_their_next_run() -> None:
     host = build_wsgi_app(Tiny().app, key=KEY)
-    (timer,) = host.index.unserved
-    assert (timer.name, timer.trigger) == ("forward_pending", "timer")
-    assert timer.binding["schedule"] == "0 */5 * * * *"
-    lines = describe(host.index, "http://127.0.0.1:7071", key_hint="K")
-    assert "forward_pending: not served (timer)" in lines
+    assert host.index.unserved == ()
+    (timer,) = host.index.timers
+    assert (timer.name, timer.arg_name, timer.run_on_startup) == ("forward_pending", "timer", False)
+    assert timer.schedule.text == "0 */5 * * * *"
+    lines = describe(host.index, "http://127.0.0.1:7071", key_hint="K", now=T0)
+    assert "forward_pending: timer 0 */5 * * * * (next 2026-11-26T23:15:00Z)" in lines
     assert "echo: PUT http://127.0.0.1:7071/api/echo/{name}/{n:int}" in lines
     assert "admin_only: GET http://127.0.0.1:7071/api/admin-only (key: K)" in lines
+
+
+# --- timers: schedules ----------------------------------------------------------------------
+
+T0 = datetime(2026, 11, 26, 23, 14, 30, 250_000, tzinfo=UTC)
+"""A Thursday."""
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after", "expected"),
+    [
+        ("0 */1 * * * *", T0, at("2026-11-26T23:15:00")),
+        ("0 */1 * * * *", at("2026-11-26T23:15:00"), at("2026-11-26T23:16:00")),  # strictly after
+        ("0 * * * * *", at("2026-12-31T23:59:30"), at("2027-01-01T00:00:00")),
+        ("*/5 * * * * *", T0, at("2026-11-26T23:14:35")),
+        ("*/5 * * * * *", at("2026-11-26T23:14:35"), at("2026-11-26T23:14:40")),
+        ("* * * * * *", T0, at("2026-11-26T23:14:31")),
+        ("0 30 9 * * 1-5", T0, at("2026-11-27T09:30:00")),  # Friday
+        ("0 30 9 * * 1-5", at("2026-11-27T09:30:00"), at("2026-11-30T09:30:00")),  # Monday
+        ("0 30 9 * * Mon-fri", at("2026-11-28T00:00:00"), at("2026-11-30T09:30:00")),
+        ("0 0 8,12,18 * * *", T0, at("2026-11-27T08:00:00")),
+        ("0 0 8,12,18 * * *", at("2026-11-27T12:00:00"), at("2026-11-27T18:00:00")),
+        ("10-40/15 * * * * *", T0, at("2026-11-26T23:14:40")),
+        ("10-40/15 * * * * *", at("2026-11-26T23:14:40"), at("2026-11-26T23:15:10")),
+        ("0 5/20 * * * *", T0, at("2026-11-26T23:25:00")),  # a/n: a, a+n, ... (5, 25, 45)
+        ("0 0 5-1 * * *", T0, at("2026-11-27T01:00:00")),  # NCrontab reads 5-1 as 1-5
+        ("0 0 0 1 Jan,jul *", T0, at("2027-01-01T00:00:00")),
+        ("0 0 0 31 * *", T0, at("2026-12-31T00:00:00")),
+        ("0 0 0 29 2 *", T0, at("2028-02-29T00:00:00")),
+        ("0 0 0 13 * 5", T0, at("2027-08-13T00:00:00")),  # day AND day of week: Friday 13th
+        ("0 0 0 29 2 Mon", T0, at("2044-02-29T00:00:00")),
+        ("00:00:02", T0, T0 + timedelta(seconds=2)),
+        ("01:00:00", T0, T0 + timedelta(hours=1)),
+        ("1.00:00:00", T0, T0 + timedelta(days=1)),
+        ("25:00:00", T0, T0 + timedelta(days=25)),  # hh >= 24: dd:hh:mm, as the Azure docs say
+    ],
+)
+def test_next_occurrence(schedule: str, after: datetime, expected: datetime) -> None:
+    assert next_occurrence(schedule, after) == expected
+    assert next_occurrence(parse_schedule(schedule), after) == expected
+
+
+def test_next_occurrence_is_in_utc() -> None:
+    paris = timezone(timedelta(hours=1))
+    after = datetime(2026, 11, 27, 0, 14, 30, tzinfo=paris)  # T0 in UTC+1
+    found = next_occurrence("0 */1 * * * *", after)
+    assert found == at("2026-11-26T23:15:00")
+    assert found.tzinfo is UTC
+    with pytest.raises(ValueError, match="no time zone"):
+        next_occurrence("0 */1 * * * *", datetime(2026, 11, 26, 23, 14, 30))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "error"),
+    [
+        ("0 */5 * * *", "has 5 fields, NCRONTAB has 6: {second} {minute}"),
+        ("* * * * * * *", "has 7 fields"),
+        ("", "empty"),
+        ("soon", "neither an NCRONTAB expression"),
+        ("60 * * * * *", "second 60 is out of range 0-59"),
+        ("0 0 24 * * *", "hour 24 is out of range 0-23"),
+        ("0 0 0 0 * *", "day 0 is out of range 1-31"),
+        ("0 0 0 * 13 *", "month 13 is out of range 1-12"),
+        ("0 0 0 * * 7", "day-of-week 7 is out of range 0-6 (0 is Sunday)"),
+        ("*/0 * * * * *", "bad step '0'"),
+        ("*/x * * * * *", "bad step 'x'"),
+        ("1,,2 * * * * *", "empty item in the second field"),
+        ("-1 * * * * *", "bad second value '-1'"),
+        ("0 0 0 * Foo *", "bad month value 'Foo'"),
+        ("0 0 0 30,31 2 *", "never occurs"),
+        ("00:00:00", "longer than zero"),
+        ("23:60:00", "bad TimeSpan"),
+        ("00:00.5", "bad TimeSpan"),
+    ],
+)
+def test_bad_schedules(schedule: str, error: str) -> None:
+    with pytest.raises(ScheduleError) as caught:
+        parse_schedule(schedule)
+    assert error in str(caught.value)
+
+
+def test_timer_functions_are_indexed_or_refused() -> None:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="t", run_on_startup=True)
+    def from_setting(t: func.TimerRequest) -> None: ...
+
+    @app.timer_trigger(schedule="0 */5 * * *", arg_name="timer")
+    def five_fields(timer: func.TimerRequest) -> None: ...
+
+    @app.timer_trigger(schedule="%MISSING%", arg_name="timer")
+    def missing_setting(timer: func.TimerRequest) -> None: ...
+
+    @app.timer_trigger(schedule="0 0 * * * *", arg_name="timer")
+    @app.queue_output(arg_name="out", queue_name="q", connection="AzureWebJobsStorage")
+    def with_output(timer: func.TimerRequest, out: func.Out[str]) -> None: ...
+
+    index = index_app(app, "api", settings={"TICK_SCHEDULE": "*/10 * * * * *"})
+    (timer,) = index.timers
+    assert (timer.name, timer.arg_name, timer.run_on_startup) == ("from_setting", "t", True)
+    assert timer.schedule.text == "*/10 * * * * *"
+    lines = describe(index, "http://x", key_hint="K", now=T0)
+    assert (
+        lines[0]
+        == "from_setting: timer */10 * * * * * (at start-up, then next 2026-11-26T23:14:40Z)"
+    )
+    reasons = {fn.name: fn.reason for fn in index.unserved}
+    assert reasons["five_fields"].startswith("bad schedule: '0 */5 * * *' has 5 fields")
+    assert (
+        reasons["missing_setting"]
+        == "bad schedule: app setting MISSING (in '%MISSING%') is not set"
+    )
+    assert reasons["with_output"] == "unsupported bindings: queue"
+    assert f"five_fields: not served ({reasons['five_fields']})" in lines
+
+
+# --- timers: the runner on a simulated clock -------------------------------------------------
+
+
+class FakeClock:
+    """A clock that the runner's sleeps move forward; it stops the runner at ``until``."""
+
+    def __init__(self, start: datetime, until: datetime) -> None:
+        self.now = start
+        self.until = until
+        self.runner: TimerRunner | None = None
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        if self.now >= self.until:
+            assert self.runner is not None
+            self.runner.stop()
+
+
+def timers_of(
+    body: Callable[[func.TimerRequest], object], schedule: str, *, run_on_startup: bool = False
+) -> tuple[TimerFunction, ...]:
+    """The timers of a one-function app: ``tick`` on ``schedule`` calls ``body``."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.function_name("tick")
+    @app.timer_trigger(
+        schedule=schedule, arg_name="timer", run_on_startup=run_on_startup, use_monitor=False
+    )
+    def tick(timer: func.TimerRequest) -> None:
+        body(timer)
+
+    return build_wsgi_app(app, key=KEY).index.timers
+
+
+def simulate(timers: tuple[TimerFunction, ...], clock: FakeClock) -> TimerRunner:
+    runner = TimerRunner(timers, clock=clock, sleep=clock.sleep)
+    clock.runner = runner
+    runner.start()
+    assert runner.join(TIMEOUT), "the simulated runner did not stop"
+    return runner
+
+
+def day(date: str, *times: str) -> list[datetime]:
+    return [at(f"{date}T{moment}") for moment in times]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "start", "until", "runs"),
+    [
+        (
+            "0 */1 * * * *",
+            at("2026-11-26T12:00:30"),
+            at("2026-11-26T12:05:30"),
+            day("2026-11-26", "12:01:00", "12:02:00", "12:03:00", "12:04:00", "12:05:00"),
+        ),
+        (
+            "*/5 * * * * *",
+            at("2026-11-26T12:00:03"),
+            at("2026-11-26T12:00:21"),
+            day("2026-11-26", "12:00:05", "12:00:10", "12:00:15", "12:00:20"),
+        ),
+        (
+            "0 30 9 * * 1-5",
+            at("2026-11-27T09:00:00"),  # a Friday, then the weekend
+            at("2026-12-01T12:00:00"),
+            [at("2026-11-27T09:30:00"), at("2026-11-30T09:30:00"), at("2026-12-01T09:30:00")],
+        ),
+        (
+            "00:00:02",
+            at("2026-11-26T12:00:00.5"),
+            at("2026-11-26T12:00:07"),
+            day("2026-11-26", "12:00:02.5", "12:00:04.5", "12:00:06.5"),
+        ),
+    ],
+)
+def test_runner_follows_the_schedule(
+    schedule: str, start: datetime, until: datetime, runs: list[datetime]
+) -> None:
+    clock = FakeClock(start, until)
+    seen: list[tuple[datetime, func.TimerRequest]] = []
+    simulate(timers_of(lambda timer: seen.append((clock.now, timer)), schedule), clock)
+    assert [moment for moment, _ in seen] == runs
+    assert all(isinstance(timer, func.TimerRequest) for _, timer in seen)
+    assert not any(timer.past_due for _, timer in seen)
+    assert max(clock.sleeps) <= 30  # the wall clock is looked at again at least every 30 s
+
+
+def test_runner_runs_on_startup_then_on_schedule() -> None:
+    clock = FakeClock(at("2026-11-26T12:00:30"), at("2026-11-26T13:30:00"))
+    seen: list[datetime] = []
+    simulate(timers_of(lambda _: seen.append(clock.now), "0 0 * * * *", run_on_startup=True), clock)
+    assert seen == [at("2026-11-26T12:00:30"), at("2026-11-26T13:00:00")]
+
+
+def test_an_overrun_is_followed_by_one_late_run_never_an_overlap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(at("2026-11-26T12:00:30"), at("2026-11-26T12:04:30"))
+    starts: list[datetime] = []
+
+    def slow_first(timer: func.TimerRequest) -> None:
+        starts.append(clock.now)
+        if len(starts) == 1:
+            clock.now += timedelta(seconds=90)  # the 12:01 run lasts until 12:02:30
+
+    simulate(timers_of(slow_first, "0 */1 * * * *"), clock)
+    # As the host: 12:02 was missed while the first run went on; one run at once instead.
+    assert starts == [
+        at("2026-11-26T12:01:00"),
+        at("2026-11-26T12:02:30"),
+        at("2026-11-26T12:03:00"),
+        at("2026-11-26T12:04:00"),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "timer tick ran past its next occurrence (2026-11-26T12:02:00Z): running it now" in (
+        warnings
+    )
+
+
+def test_runner_awaits_async_functions() -> None:
+    clock = FakeClock(at("2026-11-26T12:00:00.5"), at("2026-11-26T12:00:02.5"))
+    seen: list[bool] = []
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.timer_trigger(schedule="* * * * * *", arg_name="timer")
+    async def tick(timer: func.TimerRequest) -> None:
+        seen.append(timer.past_due)
+
+    simulate(build_wsgi_app(app, key=KEY).index.timers, clock)
+    assert seen == [False, False]
+
+
+# --- timers: the runner in real time ----------------------------------------------------------
+
+
+def test_every_second_for_two_and_a_half_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[func.TimerRequest] = []
+
+    def fails_first(timer: func.TimerRequest) -> None:
+        calls.append(timer)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+
+    runner = TimerRunner(timers_of(fails_first, "*/1 * * * * *"))
+    with runner:
+        time.sleep(2.5)
+    assert not runner.busy
+    assert 2 <= len(calls) <= 3, calls
+    assert all(isinstance(timer, func.TimerRequest) and not timer.past_due for timer in calls)
+    records = [r for r in caplog.records if r.name == "channel.devhost"]
+    (failed,) = [r for r in records if r.levelno == logging.ERROR]
+    assert failed.getMessage().startswith("timer tick failed in ")
+    assert failed.exc_info is not None
+    ran = [r.getMessage() for r in records if r.getMessage().startswith("timer tick ran in ")]
+    assert len(ran) == len(calls) - 1  # the run after the failure still happened
+    assert all(line.endswith(" ms") for line in ran)
+
+
+def test_run_on_startup_runs_at_once_and_stop_is_prompt() -> None:
+    gate = threading.Event()
+    calls: list[float] = []
+
+    def held(timer: func.TimerRequest) -> None:
+        calls.append(time.monotonic())
+        assert gate.wait(TIMEOUT), "the test never opened the gate"
+
+    # Next due on New Year's Day: only the start-up run can happen here.
+    runner = TimerRunner(timers_of(held, "0 0 0 1 1 *", run_on_startup=True))
+    started = time.monotonic()
+    runner.start()
+    try:
+        wait_until(lambda: len(calls) == 1, "the start-up run")
+        assert calls[0] - started < 1.0
+        assert runner.busy == ["tick"]
+        runner.stop()
+        assert not runner.join(0.05)  # a run under way finishes, it is not killed
+    finally:
+        gate.set()
+    stopping = time.monotonic()
+    assert runner.join(TIMEOUT)
+    assert time.monotonic() - stopping < 1.0
+    assert runner.busy == []
+    assert len(calls) == 1
+
+    idle = TimerRunner(timers_of(held, "0 0 0 1 1 *"))
+    idle.start()
+    stopping = time.monotonic()
+    idle.stop()
+    assert idle.join(TIMEOUT)
+    assert time.monotonic() - stopping < 0.5  # asleep until next year, woken at once
+    with pytest.raises(RuntimeError, match="already been started"):
+        idle.start()
 
 
 # --- pieces -------------------------------------------------------------------------------
@@ -451,3 +776,60 @@ def test_module_serves_and_stops_on_sigterm(configure: Configure, tmp_path: Path
     assert KEY not in text
     assert "code=" not in text
     logging.getLogger(__name__).info("devhost output checked (%d lines)", text.count("\n"))
+
+
+TIMER_APP = """
+import time
+
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer", run_on_startup=True)
+def tick(timer: func.TimerRequest) -> None:
+    print(f"tick past_due={timer.past_due}", flush=True)
+    time.sleep(0.3)  # still running when the signal comes: the host waits for it
+    print("tick done", flush=True)
+"""
+
+
+def test_module_runs_timers_and_stops_on_sigint(tmp_path: Path) -> None:
+    (tmp_path / "function_app.py").write_text(TIMER_APP)
+    settings = {"Values": {"TICK_SCHEDULE": "0 0 0 1 1 *"}}
+    (tmp_path / "local.settings.json").write_text(json.dumps(settings))
+    log_path = tmp_path / "devhost.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "WEBSITE_TIME_ZONE": "Europe/Paris",
+    }
+    with log_path.open("wb") as sink:
+        process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [sys.executable, "-m", "channel.devhost", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def ticking() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                return "tick past_due=False" in log_path.read_text()
+
+            wait_until(ticking, "the start-up run")
+            process.send_signal(signal.SIGINT)
+            process.wait(TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log_path.read_text()
+    assert process.returncode == 0, text
+    assert "tick: timer 0 0 0 1 1 * (at start-up, then next " in text
+    assert "devhost: timers run in UTC; WEBSITE_TIME_ZONE=Europe/Paris is ignored" in text
+    # The run under way finished before the devhost said it stopped.
+    assert text.index("tick done") < text.index("timer tick ran in ") < text.index("stopped")
+    assert text.count("tick past_due=") == 1
