@@ -20,6 +20,7 @@ from channel.service import OutboundService
 if TYPE_CHECKING:
     from channel.dataverse import Dataverse
     from channel.identity import TokenSource
+    from channel.ledger.store import RecordStore
     from channel.webhooks import WebhookService
 
 POOL_SIZE = 64
@@ -109,17 +110,34 @@ class Runtime:
         return part
 
     def _new_ledger(self) -> MessageLedger:
-        if self.settings.ledger_kind != "embedded":
-            raise NotConfigured(
-                [
-                    "the Table Storage ledger is not available in this version; unset "
-                    "CHANNEL_STORAGE_CONNECTION and CHANNEL_STORAGE_URL to use the embedded one"
-                ]
-            )
-        from channel.ledger.embedded import EmbeddedStore
+        store: RecordStore
+        # --- Table Storage ledger (channel/ledger/table.py) ---
+        if self.settings.ledger_kind == "table":
+            # azure.data.tables costs ~0.2 s to import: only processes that use it pay.
+            from channel.ledger.table import TableStore
 
+            settings = self.settings
+            try:
+                if settings.storage_connection is not None:
+                    store = TableStore(
+                        table=settings.storage_table,
+                        connection_string=settings.storage_connection,
+                    )
+                else:
+                    store = TableStore(
+                        table=settings.storage_table,
+                        account_url=settings.storage_url,
+                        credential=self.tokens.credential,
+                    )
+            except ValueError as exc:  # a malformed connection string or table name
+                raise NotConfigured([f"CHANNEL_STORAGE_*: {exc}"]) from None
+        # --- end of the Table Storage ledger ---
+        else:
+            from channel.ledger.embedded import EmbeddedStore
+
+            store = EmbeddedStore(self.settings.ledger_path)
         return MessageLedger(
-            EmbeddedStore(self.settings.ledger_path),
+            store,
             lease_seconds=self.settings.budget_seconds + LEASE_MARGIN_SECONDS,
             ambiguous_grace_seconds=self.settings.ambiguous_grace_seconds,
         )

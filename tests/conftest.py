@@ -153,3 +153,27 @@ def dataverse(
     configure(DATAVERSE_URL=fake.url)
     yield fake
     dataverse_server.clear()
+
+
+# --- Azurite (Table Storage emulator) for the Table ledger tests ---
+# (kept in one block at the end, imports included, so it merges apart from the rest)
+
+from tests.azurite import Azurite, fresh_table_name, table_service  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's Table service: one already on 127.0.0.1:10002, or one started for the session.
+
+    Tests that use it are skipped when neither is possible (see tests/azurite.py).
+    """
+    with table_service() as service:
+        yield service
+
+
+@pytest.fixture
+def table_name(azurite: Azurite) -> Iterator[str]:
+    """A table of this test's own in Azurite (not created yet), dropped at the end."""
+    name = fresh_table_name()
+    yield name
+    azurite.drop_table(name)

@@ -1,21 +1,37 @@
-"""The message ledger's state machine, on the embedded store (Table joins with its issue)."""
+"""The message ledger's state machine and the record store under it, on both backends.
+
+Every store and ledger test runs on the embedded SQLite store and on the Table Storage
+store against a real Azurite, so the local store cannot drift from the one used in
+Azure. Tests of one backend's own concerns are marked by their names.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from channel.contracts import OutboundResponse
-from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
+from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous, ServiceUnavailable
 from channel.ledger import Claim, Completed, MessageLedger, fingerprint
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.store import AlreadyExists, StaleRecord
+from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord
+from channel.ledger.table import TableStore
+from tests.azurite import Azurite, free_port
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER, TEXT
 
 CONTENT = fingerprint(DEFINITION_ID, SENDER, RECIPIENT, TEXT)
+
+OpenStore = Callable[[], RecordStore]
+"""Opens one more store on the same storage (the same file, or the same table)."""
 
 
 class Clock:
@@ -28,9 +44,42 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(params=["embedded", "table"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Stores of one backend sharing their storage; all closed at the end of the test."""
+    opened: list[RecordStore] = []
+    make: OpenStore
+    if request.param == "embedded":
+        path = tmp_path / "ledger.sqlite3"
+
+        def make() -> RecordStore:
+            return EmbeddedStore(path)
+
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        table: str = request.getfixturevalue("table_name")
+
+        def make() -> RecordStore:
+            return TableStore(table=table, connection_string=azurite.connection_string)
+
+    def open_one() -> RecordStore:
+        store = make()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
-    store = EmbeddedStore(tmp_path / "ledger.sqlite3")
+def store(open_store: OpenStore) -> RecordStore:
+    return open_store()
+
+
+@pytest.fixture
+def table_store(azurite: Azurite, table_name: str) -> Iterator[TableStore]:
+    store = TableStore(table=table_name, connection_string=azurite.connection_string)
     yield store
     store.close()
 
@@ -41,7 +90,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ledger(store: EmbeddedStore, clock: Clock) -> MessageLedger:
+def ledger(store: RecordStore, clock: Clock) -> MessageLedger:
     return MessageLedger(store, lease_seconds=30, ambiguous_grace_seconds=600, clock=clock)
 
 
@@ -57,7 +106,7 @@ def sent(rid: str = "r-1", message_id: str = "SM1") -> OutboundResponse:
     )
 
 
-def test_store_insert_is_conditional_and_replace_is_guarded(store: EmbeddedStore) -> None:
+def test_store_insert_is_conditional_and_replace_is_guarded(store: RecordStore) -> None:
     etag = store.insert("k", {"v": 1})
     with pytest.raises(AlreadyExists):
         store.insert("k", {"v": 2})
@@ -70,7 +119,7 @@ def test_store_insert_is_conditional_and_replace_is_guarded(store: EmbeddedStore
     assert store.get("missing") is None
 
 
-def test_store_delete_is_guarded_and_idempotent(store: EmbeddedStore) -> None:
+def test_store_delete_is_guarded_and_idempotent(store: RecordStore) -> None:
     etag = store.insert("k", {"v": 1})
     newer = store.replace("k", {"v": 2}, etag)
     with pytest.raises(StaleRecord):
@@ -81,7 +130,7 @@ def test_store_delete_is_guarded_and_idempotent(store: EmbeddedStore) -> None:
     assert store.insert("k", {"v": 3})  # the key can be used again
 
 
-def test_store_scan_returns_one_kind_with_original_keys(store: EmbeddedStore) -> None:
+def test_store_scan_returns_one_kind_with_original_keys(store: RecordStore) -> None:
     keys = ["outbox:notification:r/1", "outbox:inbound:twilio:SM#?x", "request:r/1", "outboxy:z"]
     for index, key in enumerate(keys):
         store.insert(key, {"i": index})
@@ -92,15 +141,39 @@ def test_store_scan_returns_one_kind_with_original_keys(store: EmbeddedStore) ->
     assert store.get("request:r/1") is not None
 
 
-def test_store_survives_reopening(tmp_path: Path) -> None:
-    first = EmbeddedStore(tmp_path / "l.sqlite3")
+def test_store_survives_reopening(open_store: OpenStore) -> None:
+    first = open_store()
     first.insert("k", {"v": 1})
     first.close()
-    second = EmbeddedStore(tmp_path / "l.sqlite3")
-    found = second.get("k")
-    second.close()
+    found = open_store().get("k")
     assert found is not None
     assert found.data == {"v": 1}
+
+
+def test_store_keeps_keys_of_any_character_and_length(store: RecordStore) -> None:
+    keys = [
+        "request:a/b\\c#d?e",  # the characters Table keys forbid
+        "request:" + "r/#?" * 1_000,  # 4 KiB: beyond the 1 KiB of a Table key
+        "outbox:inbound:twilio:\t\n\u00e9\u4e2d\U0001f600 '\"%",
+        "request:",
+        "no-kind-at-all",
+    ]
+    etags = {key: store.insert(key, {"key": key}) for key in keys}
+    for key in keys:
+        found = store.get(key)
+        assert found is not None
+        assert found.data == {"key": key}
+        assert found.etag == etags[key]
+        store.replace(key, {"key": key, "v": 2}, found.etag)
+    requests = {key for key in keys if key.startswith("request:")}
+    assert {key for key, _ in store.scan("request")} == requests
+    assert {key for key, _ in store.scan("outbox")} == {keys[2]}
+    for key in keys:
+        found = store.get(key)
+        assert found is not None
+        assert found.data == {"key": key, "v": 2}
+        store.delete(key, found.etag)
+        assert store.get(key) is None
 
 
 def test_first_call_claims_and_completion_is_replayed(ledger: MessageLedger) -> None:
@@ -187,14 +260,15 @@ def test_an_abandoned_claim_counts_as_an_ambiguous_attempt(
     assert begin(ledger) == Claim("r-1", 2)
 
 
-def test_concurrent_first_calls_yield_exactly_one_claim(tmp_path: Path) -> None:
-    stores = [EmbeddedStore(tmp_path / "shared.sqlite3") for _ in range(2)]
+def test_concurrent_first_calls_yield_exactly_one_claim(open_store: OpenStore) -> None:
+    """Twenty threads over two separate store instances sharing one storage."""
+    stores = [open_store(), open_store()]
     ledgers = [MessageLedger(s, lease_seconds=30, ambiguous_grace_seconds=600) for s in stores]
     results: list[object] = []
     gate = threading.Barrier(20)
 
     def race(index: int) -> None:
-        gate.wait()
+        gate.wait(timeout=10)
         try:
             results.append(begin(ledgers[index % 2]))
         except RequestInFlight as exc:
@@ -205,7 +279,172 @@ def test_concurrent_first_calls_yield_exactly_one_claim(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    for store in stores:
-        store.close()
     assert sum(isinstance(r, Claim) for r in results) == 1
     assert sum(isinstance(r, RequestInFlight) for r in results) == 19
+
+
+def test_store_replace_of_a_removed_record_is_stale(store: RecordStore) -> None:
+    etag = store.insert("k", {"v": 1})
+    store.delete("k", etag)
+    with pytest.raises(StaleRecord):
+        store.replace("k", {"v": 2}, etag)
+
+
+# --- Table Storage only ---
+
+
+def test_table_is_created_on_first_use_once_per_process(azurite: Azurite, table_name: str) -> None:
+    from azure.data.tables import TableServiceClient
+
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    try:
+
+        def exists() -> bool:
+            return any(service.query_tables("TableName eq @n", parameters={"n": table_name}))
+
+        first = TableStore(table=table_name, connection_string=azurite.connection_string)
+        second = TableStore(table=table_name, connection_string=azurite.connection_string)
+        try:
+            assert first.round_trips == 0  # building a store sends nothing
+            assert not exists()
+            assert first.get("request:r-1") is None
+            assert exists()
+            assert first.round_trips == 2  # create the table, then read
+            assert second.get("request:r-1") is None
+            assert second.round_trips == 1  # this process created it already
+        finally:
+            first.close()
+            second.close()
+    finally:
+        service.close()
+
+
+def test_table_entity_layout(azurite: Azurite, table_store: TableStore) -> None:
+    """Hashed keys in 256 partitions per kind; the key and JSON record kept as properties."""
+    from azure.data.tables import TableClient
+
+    key = "request:r/1#?"
+    table_store.insert(key, {"state": "claimed", "n": 1})
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    client = TableClient.from_connection_string(
+        azurite.connection_string, table_name=table_store.table_name
+    )
+    try:
+        entity = client.get_entity(f"request-{digest[:2]}", digest)
+    finally:
+        client.close()
+    assert entity["Key"] == key
+    assert json.loads(entity["Data"]) == {"state": "claimed", "n": 1}
+
+
+def test_table_refuses_a_record_over_the_property_limit(table_store: TableStore) -> None:
+    with pytest.raises(ValueError, match="64 KiB"):
+        table_store.insert("request:big", {"text": "x" * 40_000})
+    assert table_store.round_trips == 0  # refused before any call
+
+
+def test_table_store_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="table name"):
+        TableStore(table="no-dashes", connection_string="UseDevelopmentStorage=true")
+    with pytest.raises(ValueError, match="either"):
+        TableStore(table="ledger")
+    with pytest.raises(ValueError, match="credential"):
+        TableStore(table="ledger", account_url="https://acct.table.core.windows.net")
+
+
+def test_table_at_a_closed_port_is_unavailable_at_once() -> None:
+    port = free_port()  # nothing listens there
+    store = TableStore(
+        table="ledger",
+        connection_string=Azurite(port, started_here=False).connection_string,
+    )
+    try:
+        for operation in (
+            lambda: store.get("request:r-1"),
+            lambda: store.insert("request:r-1", {}),
+            lambda: store.replace("request:r-1", {}, "etag"),
+            lambda: store.delete("request:r-1", "etag"),
+            lambda: list(store.scan("request")),
+        ):
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="message ledger unavailable") as caught:
+                operation()
+            assert time.monotonic() - started < 3.0
+            assert caught.value.__cause__ is not None
+            assert caught.value.status == 503
+    finally:
+        store.close()
+
+
+def test_table_that_never_answers_times_out() -> None:
+    """A service that takes the connection but never answers: the read timeout ends it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel; nobody ever reads them
+        port = silent.getsockname()[1]
+        store = TableStore(
+            table="ledger",
+            connection_string=Azurite(port, started_here=False).connection_string,
+            read_timeout=0.5,
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(ServiceUnavailable):
+                store.get("request:r-1")
+        finally:
+            store.close()
+        assert time.monotonic() - started < 3.0
+
+
+def test_table_retries_are_bounded_and_counted(httpserver: HTTPServer) -> None:
+    """A service answering 503 (server busy) is tried 1 + 3 times, then reported."""
+    httpserver.expect_request("/devstoreaccount1/Tables").respond_with_data("busy", status=503)
+    store = TableStore(
+        table="ledger",
+        connection_string=Azurite(httpserver.port, started_here=False).connection_string,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServiceUnavailable, match="503"):
+            store.get("request:r-1")
+    finally:
+        store.close()
+    assert time.monotonic() - started < 5.0
+    assert store.round_trips == 4
+    assert len(httpserver.log) == 4
+
+
+def test_table_deleted_under_the_store_is_made_again(
+    azurite: Azurite, table_store: TableStore
+) -> None:
+    table_store.insert("request:r-1", {"v": 1})
+    azurite.drop_table(table_store.table_name)
+    with pytest.raises(ServiceUnavailable, match="insert"):
+        table_store.insert("request:r-2", {"v": 2})
+    assert table_store.insert("request:r-2", {"v": 2})  # the table was created again
+    assert table_store.get("request:r-1") is None
+
+
+def test_table_not_ours_to_create_is_used_as_it_is(httpserver: HTTPServer) -> None:
+    """An identity without the right to create tables: the table was made at deployment."""
+    httpserver.expect_request("/devstoreaccount1/Tables", method="POST").respond_with_data(
+        "", status=403
+    )
+    missing = {"odata.error": {"code": "ResourceNotFound", "message": {"value": "not found"}}}
+    httpserver.expect_request(re.compile(r"/devstoreaccount1/ledger\(.*")).respond_with_json(
+        missing, status=404
+    )
+    store = TableStore(
+        table="ledger",
+        connection_string=Azurite(httpserver.port, started_here=False).connection_string,
+    )
+    try:
+        assert store.get("request:r-1") is None
+    finally:
+        store.close()
+    assert store.round_trips == 2
+
+
+def test_table_store_refuses_a_malformed_connection_string() -> None:
+    with pytest.raises(ValueError, match="onnection string"):
+        TableStore(table="ledger", connection_string="no such thing")
