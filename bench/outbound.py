@@ -20,181 +20,40 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
 
-import azure.functions as func
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    BLOCK,
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    ROOT,
+    FakeTwilioServer,
+    Stats,
+    app_functions,
+    channel_env,
+    fake_twilio,
+    http_request,
+    interleave,
+    payload_body,
+    quiet_logging,
+    twilio_form,
+    use_env,
+    verdict,
+    warmup_calls,
+)
 
 WARM_TARGET = 1.3
 COLD_TARGET = 1.5
-BLOCK = 25
-"""Calls per block; blocks of the two measurements alternate (ABBA) to cancel drift."""
-
-ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-AUTH_TOKEN = "bench-auth-token-0001"  # noqa: S105 - a fake account's token
-DEFINITION_ID = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
-SENDER = "12065550100"
-SENDER_E164 = "+12065550100"
-RECIPIENT = "+14255550199"
-TEXT = "Hi Ana, your code is 123456"
-PUBLIC_URL = "https://sms.contoso.example"
-CONNECT_TIMEOUT, READ_TIMEOUT = 3.05, 10.0
-_ENV_PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "WEBSITE_")
-
-
-# -- the fake Twilio -------------------------------------------------------------------
-
-
-class FakeTwilioServer(ThreadingHTTPServer):
-    """Twilio's Messages resource reduced to its fastest answer: 201 with a fresh sid."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _FakeTwilioHandler)
-        self.path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
-        self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
-        self.posts = itertools.count(1)
-        self.connections = 0
-
-    @property
-    def messages_url(self) -> str:
-        """The URL the Twilio adapter posts to."""
-        return self.base_url + self.path
-
-
-class _FakeTwilioHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves every call
-    disable_nagle_algorithm = True
-
-    def setup(self) -> None:
-        super().setup()
-        cast(FakeTwilioServer, self.server).connections += 1
-
-    def do_POST(self) -> None:
-        server = cast(FakeTwilioServer, self.server)
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != server.path:
-            self._answer(404, b'{"code":20404,"message":"not found"}')
-            return
-        sid = f"SM{next(server.posts):032x}"
-        body = json.dumps({"sid": sid, "status": "queued", "error_code": None}).encode()
-        self._answer(201, body)
-
-    def _answer(self, status: int, body: bytes) -> None:
-        # One write for head and body: no Nagle/delayed-ACK stall, no per-header syscalls.
-        head = (
-            f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode("ascii")
-        self.wfile.write(head + body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request access log."""
-
-
-@contextmanager
-def fake_twilio() -> Iterator[FakeTwilioServer]:
-    """The fake Twilio serving from a background thread for the duration of the block."""
-    server = FakeTwilioServer()
-    thread = threading.Thread(target=server.serve_forever, name="fake-twilio", daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-# -- shared inputs ---------------------------------------------------------------------
-
-
-def channel_env(base_url: str, ledger_path: str) -> dict[str, str]:
-    """The process environment with the channel configured for twilio at ``base_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
-    env.update(
-        CHANNEL_PROVIDER="twilio",
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_BASE_URL=base_url,
-        CHANNEL_PUBLIC_URL=PUBLIC_URL,
-        CHANNEL_LEDGER_PATH=ledger_path,
-    )
-    return env
-
-
-def payload_body(request_id: str) -> bytes:
-    """An outbound request body as Dataverse sends it."""
-    return json.dumps(
-        {
-            "ChannelDefinitionId": DEFINITION_ID,
-            "RequestId": request_id,
-            "From": SENDER,
-            "To": RECIPIENT,
-            "Message": {"text": TEXT},
-            "MarketingAppContext": {
-                "CustomerJourneyId": None,
-                "UserId": None,
-                "UserEntityType": "contact",
-                "IsTestSend": True,
-            },
-        }
-    ).encode("utf-8")
-
-
-def twilio_form(request_id: str) -> dict[str, str]:
-    """The form the Twilio adapter posts for :func:`payload_body` (same fields, same sizes)."""
-    return {
-        "To": RECIPIENT,
-        "Body": TEXT,
-        "From": SENDER_E164,
-        "StatusCallback": f"{PUBLIC_URL}/api/delivery-report/twilio?rid={request_id}",
-    }
-
-
-def http_request(body: bytes) -> func.HttpRequest:
-    """The request the Functions host hands to ``outbound``."""
-    return func.HttpRequest(
-        method="POST",
-        url="http://localhost:7071/api/outbound",
-        headers={"content-type": "application/json"},
-        params={},
-        route_params={},
-        body=body,
-    )
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Median and 90th percentile of a sample, in seconds."""
-
-    median: float
-    p90: float
-    n: int
-
-    @classmethod
-    def of(cls, sample: list[float]) -> Stats:
-        """Summarise ``sample``."""
-        p90 = statistics.quantiles(sample, n=10)[8] if len(sample) > 1 else sample[0]
-        return cls(statistics.median(sample), p90, len(sample))
 
 
 # -- warm ------------------------------------------------------------------------------
@@ -218,18 +77,15 @@ def measure_warm(server: FakeTwilioServer, iterations: int, ledger_dir: Path) ->
     """Median latency of the outbound function and of a bare POST, interleaved in blocks."""
     from channel.runtime import reset_runtime
 
-    for name in [name for name in os.environ if name.startswith(_ENV_PREFIXES)]:
-        del os.environ[name]
-    os.environ.update(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3")))
+    use_env(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3")))
     reset_runtime()
-    from function_app import app
+    outbound = app_functions()["outbound"]
 
-    functions = {fn.get_function_name(): fn.get_user_function() for fn in app.get_functions()}
-    outbound: Callable[[func.HttpRequest], func.HttpResponse] = functions["outbound"]
-
-    warmup = max(50, iterations // 10)
     # Requests are built beforehand: the host builds them, the figure is about our code.
-    pending = [http_request(payload_body(str(uuid.uuid4()))) for _ in range(warmup + iterations)]
+    pending = [
+        http_request(payload_body(str(uuid.uuid4())))
+        for _ in range(warmup_calls(iterations) + iterations)
+    ]
     session = requests.Session()
     form = twilio_form(str(uuid.uuid4()))
     auth = (ACCOUNT_SID, AUTH_TOKEN)
@@ -253,21 +109,7 @@ def measure_warm(server: FakeTwilioServer, iterations: int, ledger_dir: Path) ->
         assert reply.status_code == 201, reply.text
         return elapsed
 
-    for _ in range(warmup):
-        call_outbound()
-        call_bare()
-
-    app_times: list[float] = []
-    bare_times: list[float] = []
-    runs = [(call_outbound, app_times), (call_bare, bare_times)]
-    done = 0
-    while done < iterations:
-        size = min(BLOCK, iterations - done)
-        for call, times in runs:
-            times.extend(call() for _ in range(size))
-        runs.reverse()  # ABBA: neither side always goes first
-        done += size
-
+    app_times, bare_times = interleave(call_outbound, call_bare, iterations)
     session.close()
     reset_runtime()
     return WarmResult(Stats.of(app_times), Stats.of(bare_times), server.connections)
@@ -362,10 +204,6 @@ def measure_cold(server: FakeTwilioServer, runs: int, ledger_dir: Path) -> ColdR
 # -- report ----------------------------------------------------------------------------
 
 
-def _verdict(ratio: float, target: float) -> str:
-    return f"target <= {target}: " + ("ok" if ratio <= target else "MISSED")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure and print both figures (a missed target is reported, not an error)."""
     parser = argparse.ArgumentParser(prog="python -m bench.outbound", description=__doc__)
@@ -375,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.iterations < 2 or options.cold_runs < 1:
         parser.error("--iterations must be >= 2 and --cold-runs >= 1")
 
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger().setLevel(logging.WARNING)
+    quiet_logging()
 
     with tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp, fake_twilio() as server:
         ledger_dir = Path(tmp)
@@ -384,14 +221,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\nwarm: {options.iterations} calls of each kind, blocks of {BLOCK}, ABBA")
         warm = measure_warm(server, options.iterations, ledger_dir)
-        for name, stats in (("outbound function", warm.outbound), ("bare POST", warm.bare)):
-            print(
-                f"  {name:<18} median {stats.median * 1e3:7.3f} ms   "
-                f"p90 {stats.p90 * 1e3:7.3f} ms   n={stats.n}"
-            )
+        print(warm.outbound.line("outbound function"))
+        print(warm.bare.line("bare POST"))
         overhead_ms = (warm.outbound.median - warm.bare.median) * 1e3
         print(
-            f"  ratio {warm.ratio:.2f} ({_verdict(warm.ratio, WARM_TARGET)})"
+            f"  ratio {warm.ratio:.2f} ({verdict(warm.ratio, WARM_TARGET)})"
             f"  overhead {overhead_ms:.3f} ms/call"
             f"  (server connections opened: {warm.connections})"
         )
@@ -405,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         extra_ms = (cold.app.median - cold.bare.median) * 1e3
         print(
-            f"  ratio {cold.ratio:.2f} ({_verdict(cold.ratio, COLD_TARGET)})"
+            f"  ratio {cold.ratio:.2f} ({verdict(cold.ratio, COLD_TARGET)})"
             f"  extra {extra_ms:.0f} ms"
         )
 
