@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -18,6 +19,8 @@ from channel.providers.base import Provider, WebhookAdapter
 from channel.service import OutboundService
 
 if TYPE_CHECKING:
+    from requests.sessions import _Settings
+
     from channel.dataverse import Dataverse
     from channel.identity import TokenSource
     from channel.ledger.store import RecordStore
@@ -182,8 +185,36 @@ class Runtime:
         return TokenSource(credential)
 
 
+class _Session(requests.Session):
+    """A Session that reads proxy and CA settings from the environment once per host.
+
+    requests re-reads them from ``os.environ`` on every request; app settings only
+    change with a restart of the worker, so once per process and host is enough.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[str, object, object, object], _Settings] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> _Settings:
+        """Cached for plain calls (no per-call proxies); computed as usual otherwise."""
+        if proxies:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(str(url))
+        key = (f"{parts.scheme}://{parts.netloc}", stream, verify, cert)
+        merged = self._environment.get(key)
+        if merged is None:
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            self._environment[key] = merged
+        copy = merged.copy()
+        copy["proxies"] = dict(merged["proxies"])  # requests may adjust it per call
+        return copy
+
+
 def _new_session() -> requests.Session:
-    session = requests.Session()
+    session = _Session()
     adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -76,15 +76,24 @@ class OutboundService:
             # A submission may have left (or we cannot tell): never re-POST blindly.
             self.ledger.mark_ambiguous(rid)
             raise
-        if response.Status == "Sent":
+        answer = self.ledger.complete(claim, response)
+        if answer.Status == "Sent":
             self._remember_sender(payload)
-        return self.ledger.complete(claim, response)
+        return answer
 
     def _remember_sender(self, payload: OutboundPayload) -> None:
-        """Learn our number's Dataverse form, so replies to it can be routed back."""
+        """Learn our number's Dataverse form, so replies to it can be routed back.
+
+        Best effort, after the answer is stored: a ledger hiccup here must not turn a
+        sent message into an unanswered one.
+        """
         number = to_e164(payload.From, self.settings.default_region)
-        if number is not None:
+        if number is None:
+            return
+        try:
             self.ledger.remember_sender(number, payload.From, payload.ChannelDefinitionId)
+        except Exception as exc:
+            log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
     def _submit(self, payload: OutboundPayload, text: str, budget: Budget) -> OutboundResponse:
         rid = payload.RequestId

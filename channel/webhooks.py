@@ -106,9 +106,10 @@ class WebhookService:
                 report.message_id,
             )
             return
-        # Any callback proves the provider created the message: this settles an
-        # attempt whose answer we never saw (see MessageLedger).
-        self.ledger.confirm_sent(rid, report.message_id)
+        if request["state"] != "done":
+            # Any callback proves the provider created the message: this settles an
+            # attempt whose answer we never saw (see MessageLedger).
+            self.ledger.confirm_sent(rid, report.message_id)
         if report.state is DeliveryState.PENDING:
             log.info("request %s: intermediate status acknowledged", rid)
             return

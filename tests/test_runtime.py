@@ -1,0 +1,65 @@
+"""Process-wide parts: built once, on first use, and the session's environment cache."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+
+from channel.runtime import get_runtime
+from tests.conftest import Configure
+
+
+def test_parts_are_built_once_even_under_concurrent_first_use(configure: Configure) -> None:
+    runtime = get_runtime()
+    seen: list[tuple[object, ...]] = []
+    gate = threading.Barrier(8)
+
+    def first_use() -> None:
+        gate.wait()
+        seen.append((runtime.session, runtime.ledger, runtime.provider, runtime.outbound))
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({tuple(id(part) for part in parts) for parts in seen}) == 1
+    assert get_runtime() is runtime
+
+
+def test_session_reads_proxy_settings_once_per_host(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    original = requests.utils.get_environ_proxies
+
+    def counting(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        reads.append(url)
+        return original(url, no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counting)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.contoso.example:3128")
+    session = get_runtime().session
+    merged = [
+        session.merge_environment_settings(f"https://api.twilio.com/{n}", {}, None, None, None)
+        for n in range(3)
+    ]
+    assert len(reads) == 1
+    assert merged[0]["proxies"]["https"] == "http://proxy.contoso.example:3128"
+    assert merged[0] == merged[2]
+    merged[0]["proxies"]["https"] = "changed"  # callers get copies
+    assert (
+        session.merge_environment_settings("https://api.twilio.com/x", {}, None, None, None)[
+            "proxies"
+        ]["https"]
+        == "http://proxy.contoso.example:3128"
+    )
+    explicit = {"https": "http://other.example:1"}
+    assert (
+        session.merge_environment_settings("https://api.twilio.com/x", explicit, None, None, None)[
+            "proxies"
+        ]["https"]
+        == "http://other.example:1"
+    )
