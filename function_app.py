@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from channel import forwarding, http
+from channel import http
 from channel.logs import quiet_libraries
 
 quiet_libraries()
@@ -50,4 +50,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 )
 def forward_pending(timer: func.TimerRequest) -> None:
     """Forward to Dataverse what could not be forwarded at once; expire old records."""
+    # Imported here: the Dataverse client and azure-core are not on an outbound
+    # request's cold path.
+    from channel import forwarding
+
     forwarding.forward_pending()

@@ -12,16 +12,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
 from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.errors import ServiceUnavailable
-from channel.identity import TokenSource
 from channel.phone import mask
 from channel.retry import MAX_ATTEMPTS, backoff, never_sent, parse_retry_after
+
+if TYPE_CHECKING:
+    from channel.identity import TokenSource
 
 log = logging.getLogger(__name__)
 
