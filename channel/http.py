@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
@@ -13,8 +14,11 @@ from channel.budget import Budget
 from channel.config import MAX_BODY_BYTES, Settings
 from channel.envelope import read_outbound
 from channel.errors import ChannelError, PayloadTooLarge
-from channel.providers.base import Webhook, WebhookReply
+from channel.providers.base import Webhook, WebhookAdapter, WebhookReply
 from channel.runtime import Runtime, get_runtime
+
+if TYPE_CHECKING:
+    from channel.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +85,27 @@ def outbound(req: func.HttpRequest) -> func.HttpResponse:
 @answers_problems
 def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/delivery-report/{provider}: a provider's status callback."""
-    runtime = get_runtime()
-    adapter = runtime.webhooks(_provider_id(req))
-    service = runtime.webhook_service
-    reply = service.delivery_report(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
-    return _reply(reply)
+    return _webhook_call(req, lambda service: service.delivery_report)
 
 
 @answers_problems
 def inbound(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/inbound/{provider}: a customer's reply from a provider."""
+    return _webhook_call(req, lambda service: service.inbound)
+
+
+def _webhook_call(
+    req: func.HttpRequest,
+    use_case: Callable[[WebhookService], Callable[[WebhookAdapter, Webhook, Budget], WebhookReply]],
+) -> func.HttpResponse:
+    """Run one webhook use case with the provider's adapter; the adapter verifies first."""
     runtime = get_runtime()
     adapter = runtime.webhooks(_provider_id(req))
-    service = runtime.webhook_service
-    reply = service.inbound(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
-    return _reply(reply)
+    handle = use_case(runtime.webhook_service)
+    reply = handle(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
+    return func.HttpResponse(
+        reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
+    )
 
 
 @answers_problems
@@ -155,10 +165,4 @@ def _webhook(req: func.HttpRequest) -> Webhook:
         url=req.url,
         headers={name.lower(): value for name, value in req.headers.items()},
         body=body_of(req),
-    )
-
-
-def _reply(reply: WebhookReply) -> func.HttpResponse:
-    return func.HttpResponse(
-        reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
     )
