@@ -39,6 +39,7 @@ test: $(VENV)/.dev azurite
 
 bench: $(VENV)/.dev
 	$(PY) -m bench.outbound
+	$(PY) -m bench.delivery_report
 
 clean:
 	rm -rf $(VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules
