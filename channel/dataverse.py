@@ -49,6 +49,11 @@ class DataverseUnavailable(ServiceUnavailable):
         super().__init__(detail, retry_after=retry_after)
         self.code = code
 
+    @property
+    def refused(self) -> bool:
+        """Dataverse answered with an error of its own (a refusal, not an outage)."""
+        return self.code is not None
+
 
 class Dataverse(Protocol):
     """Where notifications and inbound messages go: the Web API, or the log in dev mode."""
@@ -91,13 +96,19 @@ class DataverseClient:
     def organization_id(self, budget: Budget) -> str:
         """The organization id: from settings, else read once from WhoAmI and kept."""
         if self._organization_id is None:
-            with self._organization_lock:
+            # Bounded wait: during an outage, callers must not queue behind each other's
+            # WhoAmI retries past their own budgets.
+            if not self._organization_lock.acquire(timeout=budget.remaining()):
+                raise DataverseUnavailable("Dataverse's WhoAmI is still being read; retry")
+            try:
                 if self._organization_id is None:
                     who = self._call("GET", "WhoAmI", None, budget)
                     organization = who.get("OrganizationId")
                     if not isinstance(organization, str) or not organization:
                         raise DataverseUnavailable("WhoAmI answered without an OrganizationId")
                     self._organization_id = organization
+            finally:
+                self._organization_lock.release()
         return self._organization_id
 
     def notify(self, notification: DeliveryNotification, budget: Budget) -> None:
@@ -226,5 +237,5 @@ def _error(reply: requests.Response, name: str) -> DataverseUnavailable:
     return DataverseUnavailable(
         f"Dataverse refused {name}: HTTP {reply.status_code}, error {code or 'unknown'}",
         retry_after=60,
-        code=str(code) if code else None,
+        code=str(code) if code else f"HTTP {reply.status_code}",
     )

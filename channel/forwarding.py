@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from channel.budget import Budget
@@ -40,16 +39,22 @@ def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
         lease = service.outbox.claim(key)
         if lease is None:  # forwarded or leased by another instance meanwhile
             continue
+        # The lease outlives one call's time budget by a margin, not the run's 45 s: a
+        # forward given the run's budget could outlast it, and a provider's retry could
+        # then claim the item and forward it a second time. Give it what a webhook gets.
+        item_budget = Budget(min(budget.remaining(), service.settings.budget_seconds))
         try:
-            service.forward(lease, budget)
+            service.forward(lease, item_budget)
         except DataverseUnavailable as exc:
             failed += 1
+            if exc.refused:  # about this item (or a privilege): the others may still pass
+                continue
             # Dataverse is down or throttling us: the rest waits for the next run
             # rather than hammering it (the item's next attempt honours Retry-After).
             log.warning("forward_pending stopped after %s forwarded: %s", forwarded, exc.detail)
             break
         forwarded += 1
-    cutoff = time.time() - retention_days * 86400
+    cutoff = service.outbox.clock() - retention_days * 86400
     removed = sweep(service.outbox.store, cutoff=cutoff, limit=RETENTION_BATCH)
     if forwarded or failed or removed:
         log.info(

@@ -1,0 +1,626 @@
+"""Acceptance tests of durable forwarding: what Dataverse could not take at once is kept in
+the outbox and forwarded exactly once by the ``forward_pending`` timer.
+
+The tests run on both ledgers (the embedded SQLite file and Table Storage on a real
+Azurite; the lease test on the first only, the round-trip count on the second), through
+the app's indexed functions: webhooks and health with the ``call``
+fixture, the timer as the host calls it, with an ``azure.functions.TimerRequest``.
+Twilio's webhooks are signed (tests/twilio_hooks.py); the real azure-identity gets its
+tokens from the fake identity endpoint.
+
+Time: the outbox backs off a minute to an hour between attempts. The tests move the
+ledger's own wall clock (``Outbox.clock`` and ``MessageLedger.clock`` of the runtime, a
+``time.time()`` shifted by an offset) rather than patching ``time`` for the process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.timer import TimerRequest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from channel.budget import Budget
+from channel.ledger.outbox import MAX_ATTEMPTS, MAX_BACKOFF_SECONDS
+from channel.ledger.store import RecordStore
+from channel.ledger.table import TableStore
+from channel.runtime import get_runtime
+from tests.conftest import Call, Configure, answer_json
+from tests.data import REPLY_TEXT, SENDER, SENDER_E164, SENSITIVE
+from tests.fakes import FakeDataverse, FakeIdentity, FakeTwilio
+from tests.twilio_hooks import (
+    FINALS,
+    INBOUND,
+    NOTIFY,
+    Form,
+    Sent,
+    assert_acknowledged,
+    inbound_form,
+    inbound_payload,
+    notification,
+    reply,
+    report,
+    send,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_SECONDS = 1.0
+"""CHANNEL_TIME_BUDGET_SECONDS of these tests (the smallest allowed): outages end fast."""
+HOUR = 3600.0
+DAY = 86400.0
+AFTER_ANY_BACKOFF = MAX_BACKOFF_SECONDS + 1
+"""Moving the clock this far makes every pending item due."""
+REFUSAL = {
+    "error": {
+        "code": "0x80040220",
+        "message": "Principal user is missing prvWritemsdyn_channeldefinition privilege",
+    }
+}
+"""Dataverse's error JSON for a caller missing a privilege (403)."""
+
+TimerFunction = Callable[[func.TimerRequest], None]
+
+
+# --- the fakes, the ledgers and the clock -------------------------------------------------
+
+
+class Dataverse(FakeDataverse):
+    """The fake Dataverse with an outage switch, a per-call delay and per-item refusals.
+
+    ``down``: the status every call gets (503, or 429 with ``Retry-After: 60``), WhoAmI
+    included; None when Dataverse is up. ``refused``: RequestIds whose notification is
+    refused with 403 and Dataverse's error JSON. ``callers``: for each call taken, the
+    bearer token that made it (one per process) and when it was answered.
+    """
+
+    def __init__(self, server: HTTPServer, identity: FakeIdentity) -> None:
+        self.down: int | None = None
+        self.delay = 0.0
+        self.refused: set[str] = set()
+        self.refusals: Counter[str] = Counter()
+        self.outage_answers = 0
+        self.callers: list[tuple[str, float]] = []
+        super().__init__(server, identity)
+
+    def who_am_i(self, request: Request) -> Response:
+        outage = self._outage()
+        return super().who_am_i(request) if outage is None else outage
+
+    def handle(self, request: Request) -> Response:
+        if self.delay:
+            time.sleep(self.delay)
+        outage = self._outage()
+        if outage is not None:
+            return outage
+        (value,) = json.loads(request.data).values()
+        request_id = json.loads(value).get("RequestId")
+        if request_id in self.refused:
+            self.refusals[request_id] += 1
+            return Response(json.dumps(REFUSAL), status=403, content_type="application/json")
+        answer = super().handle(request)
+        if answer.status_code < 300:
+            token = request.headers["Authorization"].removeprefix("Bearer ")
+            self.callers.append((token, time.monotonic()))
+        return answer
+
+    def _outage(self) -> Response | None:
+        if self.down is None:
+            return None
+        self.outage_answers += 1
+        headers = {"Retry-After": "60"} if self.down == 429 else None
+        return Response(status=self.down, headers=headers)
+
+
+@pytest.fixture
+def dataverse(
+    dataverse_server: HTTPServer, identity: FakeIdentity, configure: Configure
+) -> Iterator[Dataverse]:
+    """This module's fake Dataverse (overrides conftest's), reached with managed identity."""
+    fake = Dataverse(dataverse_server, identity)
+    configure(DATAVERSE_URL=fake.url)
+    yield fake
+    dataverse_server.clear()
+    assert fake.rejected == []  # no call broke the contract (token, headers, body shape)
+
+
+@pytest.fixture(params=["embedded", "table"])
+def ledger(request: pytest.FixtureRequest, configure: Configure) -> str:
+    """Each test once on the embedded SQLite ledger and once on Table Storage (Azurite)."""
+    if request.param == "table":
+        azurite = request.getfixturevalue("azurite")
+        table = request.getfixturevalue("table_name")
+        configure(CHANNEL_STORAGE_CONNECTION=azurite.connection_string, CHANNEL_STORAGE_TABLE=table)
+    kind: str = request.param
+    return kind
+
+
+class Clock:
+    """The ledger's wall clock: ``time.time()`` moved by ``offset`` seconds."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def app(
+    call: Call, twilio: FakeTwilio, dataverse: Dataverse, ledger: str, configure: Configure
+) -> Callable[..., Clock]:
+    """``app(**settings)``: the channel on Twilio, Dataverse and the ledger under test, with
+    a one-second time budget and the given settings; returns the ledger's clock."""
+    twilio.accept()
+
+    def start(**settings: str) -> Clock:
+        configure(CHANNEL_TIME_BUDGET_SECONDS=str(BUDGET_SECONDS), **settings)
+        runtime = get_runtime()
+        assert runtime.ledger.kind == ledger
+        clock = Clock()
+        runtime.ledger.clock = clock
+        runtime.outbox.clock = clock
+        return clock
+
+    return start
+
+
+def timer_function() -> TimerFunction:
+    """The ``forward_pending`` function as the host indexes it (once per process: the app
+    refuses to be indexed twice)."""
+    from function_app import app
+
+    (function,) = [f for f in app.get_functions() if f.get_function_name() == "forward_pending"]
+    user: TimerFunction = function.get_user_function()
+    return user
+
+
+@pytest.fixture
+def tick(functions: dict[str, Callable[..., Any]]) -> Callable[[], None]:
+    """One run of the timer, as the host makes it: the indexed function, a TimerRequest."""
+    forward_pending: TimerFunction = functions["forward_pending"]
+
+    def run() -> None:
+        forward_pending(TimerRequest())
+
+    return run
+
+
+def forwarding(call: Call) -> dict[str, Any]:
+    """What health shows about forwarding."""
+    response = call("health", method="GET")
+    assert response.status_code == 200, response.get_body()
+    shown: dict[str, Any] = answer_json(response)["forwarding"]
+    return shown
+
+
+def replies(count: int, prefix: str) -> list[Form]:
+    """``count`` inbound messages with distinct MessageSids and texts."""
+    return [
+        inbound_form(f"SM{prefix}{n:0{32 - len(prefix)}x}", f"{REPLY_TEXT} ({prefix} {n})")
+        for n in range(count)
+    ]
+
+
+def text_of(form: Form) -> str:
+    return dict(form)["Body"]
+
+
+def keys(store: RecordStore) -> set[str]:
+    """Every record key of the ledger."""
+    kinds = ("request", "sender", "outbox", "forwarded")
+    return {key for kind in kinds for key, _ in store.scan(kind)}
+
+
+# --- 1. an outage: kept, then forwarded once ----------------------------------------------
+
+
+def test_an_outage_keeps_every_report_and_reply_and_the_timer_forwards_each_once(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    clock = app()
+    messages = [send(call, twilio, rid=f"outage-{n:03d}") for n in range(100)]
+    finals = sorted(FINALS)
+    statuses = {m.rid: finals[n % len(finals)] for n, m in enumerate(messages)}
+    forms = replies(100, "ab")
+    # The process talked to Dataverse before the outage: it knows the organization id.
+    # (A process that starts during an outage sends WhoAmI first, and its concurrent
+    # callbacks wait for that call under a lock that does not honour their time budget.)
+    get_runtime().dataverse.organization_id(Budget(BUDGET_SECONDS))
+
+    dataverse.down = 503
+
+    def deliver(event: tuple[Sent, str] | Form) -> tuple[int, str | None, float]:
+        """Post one callback; its status, Retry-After and how long it took to answer."""
+        started = time.monotonic()
+        response = report(call, *event) if isinstance(event, tuple) else reply(call, event)
+        elapsed = time.monotonic() - started
+        return response.status_code, response.headers.get("Retry-After"), elapsed
+
+    def outage(events: list[tuple[Sent, str] | Form]) -> None:
+        """Twilio posts the callbacks concurrently; each gets 5xx within the budget."""
+        with ThreadPoolExecutor(max_workers=25) as pool:
+            answers = list(pool.map(deliver, events))
+        slowest = max(elapsed for _, _, elapsed in answers)
+        print(f"outage: {len(events)} webhooks answered 503, the slowest in {slowest:.2f} s")
+        assert {status for status, _, _ in answers} == {503}
+        assert all(int(retry_after or 0) >= 1 for _, retry_after, _ in answers)
+        assert slowest < BUDGET_SECONDS
+
+    reports: list[tuple[Sent, str]] = [(m, statuses[m.rid]) for m in messages]
+    outage([event for pair in zip(reports, forms, strict=True) for event in pair])
+    assert dataverse.outage_answers >= 200
+    assert dataverse.calls == []
+    shown = forwarding(call)
+    assert (shown["pending"], shown["dead"]) == (200, 0)
+    assert shown["oldestPendingSeconds"] >= 0
+
+    # Twilio retries some callbacks while Dataverse is still down, some with another
+    # final status: 5xx again, and no second item (the first final status stands).
+    retries: list[tuple[Sent, str] | Form] = [*reports[:10], *forms[:10]]
+    retries += [
+        (m, "failed" if statuses[m.rid] in ("delivered", "read") else "read")
+        for m in messages[10:20]
+    ]
+    outage(retries)
+    assert forwarding(call)["pending"] == 200
+    assert dataverse.calls == []
+
+    dataverse.down = None
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()
+    notified = dataverse.payloads(NOTIFY)
+    delivered = dataverse.payloads(INBOUND)
+    assert len(notified) == 100
+    assert len(delivered) == 100
+    assert sorted(notified, key=lambda p: p["RequestId"]) == [
+        notification(m, FINALS[statuses[m.rid]]) for m in messages
+    ]
+    assert Counter(p["Message"]["text"] for p in delivered) == Counter(map(text_of, forms))
+    assert all(p == inbound_payload(text=p["Message"]["text"], to=SENDER) for p in delivered)
+    assert forwarding(call)["pending"] == 0
+
+    # Later runs and late duplicate callbacks forward nothing more.
+    for _ in range(2):
+        clock.offset += AFTER_ANY_BACKOFF
+        tick()
+    for message in messages[:20]:
+        assert_acknowledged(report(call, message, statuses[message.rid]))
+        assert_acknowledged(report(call, message, "failed"))
+    for form in forms[:20]:
+        assert_acknowledged(reply(call, form))
+    assert len(dataverse.calls) == 200
+    assert forwarding(call) == {
+        "pending": 0,
+        "dead": 0,
+        "oldestPendingSeconds": None,
+        "oldestDeadSeconds": None,
+    }
+
+
+# --- 2. two timer runs at once in two processes ---------------------------------------------
+
+ITEMS = 60
+
+
+def test_overlapping_timer_runs_in_two_processes_forward_each_item_once(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    clock = app()
+    messages = [send(call, twilio, rid=f"two-{n:03d}") for n in range(ITEMS // 2)]
+    forms = replies(ITEMS // 2, "cd")
+    # An hour ago Dataverse throttled every call: all kept, all due by now.
+    clock.offset = -HOUR
+    dataverse.down = 429
+    for message in messages:
+        assert report(call, message, "delivered").status_code == 503
+    for form in forms:
+        assert reply(call, form).status_code == 503
+    clock.offset = 0.0
+    dataverse.down = None
+    assert forwarding(call)["pending"] == ITEMS
+    parent_tokens = set(dataverse.identity.issued)
+
+    dataverse.delay = 0.02  # each call takes a while: the two runs overlap
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # the same settings, the same ledger
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from tests.test_forwarding import child; child()"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for process in children:  # both reached the ledger and Dataverse
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in children:  # both runs start at once
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=60) for process in children]
+    finally:
+        for process in children:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    logs: list[str] = []
+    for process, (out, err) in zip(children, outputs, strict=True):
+        assert process.returncode == 0, err
+        logs += json.loads(out)
+    assert not [line for line in logs if any(value in line for value in SENSITIVE)]
+
+    assert len(dataverse.calls) == ITEMS
+    assert sorted(p["RequestId"] for p in dataverse.payloads(NOTIFY)) == [m.rid for m in messages]
+    assert Counter(p["Message"]["text"] for p in dataverse.payloads(INBOUND)) == Counter(
+        map(text_of, forms)
+    )
+    by_process: dict[str, list[float]] = {}
+    for token, at in dataverse.callers:
+        by_process.setdefault(token, []).append(at)
+    assert len(by_process) == 2  # both processes forwarded ...
+    assert not parent_tokens & set(by_process)
+    first_end = min(max(times) for times in by_process.values())
+    last_start = max(min(times) for times in by_process.values())
+    assert last_start < first_end  # ... at the same time
+    print("forwarded per process:", sorted(len(times) for times in by_process.values()))
+    print("timer logs:", [line for line in logs if "forward_pending" in line])
+
+    tick()  # the parent's run finds nothing left
+    assert len(dataverse.calls) == ITEMS
+    assert forwarding(call)["pending"] == 0
+
+
+def child() -> None:
+    """One process of two: the app, its timer run started on a "go" line.
+
+    Prints the run's INFO-and-above log lines as JSON (the parent checks them for leaks).
+    """
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    logging.getLogger().addHandler(Collect(logging.INFO))
+    logging.getLogger().setLevel(logging.INFO)
+    forward_pending = timer_function()
+    runtime = get_runtime()
+    runtime.outbox.stats()  # the ledger is open (and the table known)
+    runtime.dataverse.organization_id(Budget(10))  # a token and WhoAmI: ready to forward
+    print("ready", flush=True)
+    sys.stdin.readline()
+    forward_pending(TimerRequest())
+    runtime.close()
+    print(json.dumps(lines), flush=True)
+
+
+# --- 3. an item Dataverse keeps refusing --------------------------------------------------
+
+
+def test_an_item_dataverse_keeps_refusing_is_dead_after_max_attempts(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+    *,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = app()
+    refused = send(call, twilio, rid="refused")
+    fine = send(call, twilio, rid="fine")
+    dataverse.refused.add(refused.rid)
+    assert report(call, refused, "delivered").status_code == 503  # attempt 1
+    assert_acknowledged(report(call, fine, "delivered"))
+    for _ in range(MAX_ATTEMPTS - 1):
+        clock.offset += AFTER_ANY_BACKOFF
+        tick()
+    assert dataverse.refusals == {refused.rid: MAX_ATTEMPTS}
+
+    # Dead: never tried again, by the timer or by a provider's retry.
+    for _ in range(3):
+        clock.offset += AFTER_ANY_BACKOFF
+        tick()
+    assert_acknowledged(report(call, refused, "delivered"))
+    assert dataverse.refusals == {refused.rid: MAX_ATTEMPTS}
+    assert dataverse.calls == [(NOTIFY, notification(fine, "Delivered"))]
+
+    shown = forwarding(call)
+    assert (shown["pending"], shown["dead"]) == (0, 1)
+    assert shown["oldestDeadSeconds"] > (MAX_ATTEMPTS - 1) * AFTER_ANY_BACKOFF
+    kept = get_runtime().outbox.get(f"notification:{refused.rid}")
+    assert kept is not None
+    assert (kept["state"], kept["attempts"]) == ("dead", MAX_ATTEMPTS)
+    (dead,) = [
+        r for r in caplog.records if r.levelno == logging.ERROR and "is dead" in r.getMessage()
+    ]
+    message = dead.getMessage()
+    assert f"notification:{refused.rid} is dead after {MAX_ATTEMPTS} attempts" in message
+    assert "403" in message
+    assert SENDER not in message
+    assert SENDER_E164 not in message
+
+
+# --- 4. retention ------------------------------------------------------------------------
+
+
+def test_the_timer_removes_records_past_retention_and_keeps_young_ones(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+    *,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = app(CHANNEL_RETENTION_DAYS="7")
+    made: dict[str, tuple[Sent, Form]] = {}
+    for age, name in [(8.0, "old"), (6.0, "aging"), (0.0, "young")]:
+        clock.offset = -age * DAY
+        sent = send(call, twilio, rid=name)
+        assert_acknowledged(report(call, sent, "delivered"))
+        (form,) = replies(1, name.encode().hex())
+        assert_acknowledged(reply(call, form))
+        made[name] = (sent, form)
+    # Eight days ago one report could not be forwarded, and still cannot be.
+    clock.offset = -8 * DAY
+    stuck = send(call, twilio, rid="stuck")
+    dataverse.refused.add(stuck.rid)
+    assert report(call, stuck, "delivered").status_code == 503
+    clock.offset = 0.0
+    store = get_runtime().ledger.store
+    before = keys(store)
+
+    tick()
+
+    old = {
+        "request:old",
+        "forwarded:notification:old",
+        f"forwarded:inbound:twilio:{dict(made['old'][1])['MessageSid']}",
+        "request:stuck",
+        "outbox:notification:stuck",
+    }
+    assert old <= before
+    assert keys(store) == before - old
+    assert f"sender:{SENDER_E164}" in keys(store)  # configuration, not history
+    assert any(
+        r.levelno == logging.WARNING and "outbox:notification:stuck" in r.getMessage()
+        for r in caplog.records
+    )
+    # A late callback for a message past retention is acknowledged and not reported.
+    calls = len(dataverse.calls)
+    assert_acknowledged(report(call, made["old"][0], "delivered"))
+    assert len(dataverse.calls) == calls == 6
+
+
+# --- 5. a timer forward ends within its lease ----------------------------------------------
+
+
+@pytest.mark.parametrize("ledger", ["embedded"], indirect=True)  # the same logic on both
+def test_a_slow_timer_forward_gives_its_item_up_before_the_lease_ends(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    """An item is leased for the time budget plus a margin: a timer run that kept on
+    forwarding it longer (the run's own budget is 45 s) would race a provider's retry,
+    which may claim the item once the lease is over, and Dataverse would get it twice."""
+    clock = app()
+    outbox = get_runtime().outbox
+    outbox.lease_seconds = BUDGET_SECONDS + 0.5  # the runtime's margin is 10 s: scaled down
+    sent = send(call, twilio)
+    dataverse.down = 429
+    assert report(call, sent, "delivered").status_code == 503  # kept
+    clock.offset += AFTER_ANY_BACKOFF
+
+    dataverse.down = 503  # a slow gateway answering 503 ...
+    dataverse.delay = 0.4
+    run = threading.Thread(target=tick)
+    run.start()
+    time.sleep(outbox.lease_seconds + 0.1)
+    dataverse.down = None  # ... recovers once the timer's lease on the item is over,
+    dataverse.delay = 0.0
+    assert_acknowledged(report(call, sent, "delivered"))  # ... and Twilio retries
+    run.join(30)
+    assert not run.is_alive()
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()
+    assert dataverse.payloads(NOTIFY) == [notification(sent, "Delivered")]
+
+
+# --- 6. Table Storage round trips --------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger", ["table"], indirect=True)
+def test_table_round_trips_of_a_send_and_a_final_report(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    clock = app()
+    store = get_runtime().ledger.store
+    assert isinstance(store, TableStore)
+    assert store.get("request:warm-up") is None  # creates the table: not part of a send
+    trips = store.round_trips
+
+    def spent() -> int:
+        nonlocal trips
+        before, trips = trips, store.round_trips
+        return trips - before
+
+    first = send(call, twilio, rid="trips-1")
+    first_send = spent()
+    second = send(call, twilio, rid="trips-2")
+    next_send = spent()
+    assert_acknowledged(report(call, first, "sent"))
+    intermediate = spent()
+    assert_acknowledged(report(call, first, "delivered"))
+    final = spent()
+    assert_acknowledged(report(call, second, "delivered"))
+    next_final = spent()
+    assert_acknowledged(report(call, first, "delivered"))
+    duplicate = spent()
+
+    dataverse.down = 429
+    held = [send(call, twilio, rid=f"trips-held-{n}") for n in range(10)]
+    spent()
+    for message in held:
+        assert report(call, message, "delivered").status_code == 503
+    kept = spent() / len(held)
+    dataverse.down = None
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()
+    timer = spent()
+    assert len(dataverse.calls) == 12
+    print(
+        f"Table round trips: first send {first_send}, next send {next_send}, "
+        f"intermediate report {intermediate}, final report {final} (next {next_final}), "
+        f"duplicate final report {duplicate}, final report kept in an outage {kept:g}, "
+        f"timer run forwarding {len(held)} items {timer}"
+    )
+    # A send: claim (insert) + answer (replace) + our number's Dataverse form (insert,
+    # once per process).
+    assert first_send <= 3
+    assert next_send <= 2
+    # A final report: the request (read), the item (insert), the forwarded marker (read:
+    # not forwarded before), then the marker (insert) and the item (delete).
+    assert final <= 5
+    assert next_final <= 5
+    assert intermediate <= 1
+    # Kept in an outage: the request (read), the item (insert), the marker (read), and
+    # the failed attempt (replace).
+    assert kept <= 4
+    # The timer: the outbox scan, per item a lease (read, marker read, replace) and the
+    # marker and delete, then retention's three scans.
+    assert timer <= 1 + 5 * len(held) + 3
