@@ -468,6 +468,28 @@ def test_an_item_dataverse_keeps_refusing_is_dead_after_max_attempts(
     assert SENDER_E164 not in message
 
 
+def test_a_refused_item_does_not_hold_up_the_others_in_a_run(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    clock = app()
+    refused = send(call, twilio, rid="refused")
+    fine = send(call, twilio, rid="fine")
+    dataverse.refused.add(refused.rid)
+    dataverse.down = 503
+    assert report(call, refused, "delivered").status_code == 503  # the older item
+    assert report(call, fine, "delivered").status_code == 503
+    dataverse.down = None
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()  # one run: the refusal is about one item, so the run goes on to the next
+    assert dataverse.refusals == {refused.rid: 1}
+    assert dataverse.calls == [(NOTIFY, notification(fine, "Delivered"))]
+    assert forwarding(call)["pending"] == 1
+
+
 # --- 4. retention ------------------------------------------------------------------------
 
 
