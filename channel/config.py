@@ -14,6 +14,9 @@ PROVIDER_IDS = ("loopback", "twilio", "acs")
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
+ACS_AMBIGUOUS_GRACE_SECONDS = 60.0
+"""With ACS a new attempt repeats the first one's repeatability pair, which ACS dedupes
+for 5 minutes after its first-sent time: the new attempt must come well within them."""
 TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
 _TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
@@ -92,9 +95,13 @@ class _SettingsReader:
 
     def read(self) -> Settings:
         in_azure = self.get("WEBSITE_INSTANCE_ID") is not None
+        provider = self._provider(in_azure)
+        grace = (
+            ACS_AMBIGUOUS_GRACE_SECONDS if provider == "acs" else DEFAULT_AMBIGUOUS_GRACE_SECONDS
+        )
         values: dict[str, object] = {
             "in_azure": in_azure,
-            "provider": self._provider(in_azure),
+            "provider": provider,
             "public_url": self._public_url(),
             "webhook_secret": self.get("CHANNEL_WEBHOOK_SECRET"),
             "definition_id": self._guid("CHANNEL_DEFINITION_ID"),
@@ -107,7 +114,7 @@ class _SettingsReader:
             "budget_seconds": self._seconds("CHANNEL_TIME_BUDGET_SECONDS", 20.0, 1.0, 110.0),
             "retention_days": self._number("CHANNEL_RETENTION_DAYS", 30.0, 1.0, 3650.0, "days"),
             "ambiguous_grace_seconds": self._seconds(
-                "CHANNEL_AMBIGUOUS_GRACE_SECONDS", DEFAULT_AMBIGUOUS_GRACE_SECONDS, 0.0, 86400.0
+                "CHANNEL_AMBIGUOUS_GRACE_SECONDS", grace, 0.0, 86400.0
             ),
             "dataverse_url": self._url("DATAVERSE_URL"),
             "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),

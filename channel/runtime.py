@@ -147,7 +147,7 @@ class Runtime:
 
     def _new_provider(self) -> Provider:
         try:
-            return build_provider(self.settings, self.session)
+            return build_provider(self.settings, self.session, tokens=lambda: self.tokens)
         except ChannelError as exc:  # e.g. a provider of the SPEC not built yet
             raise NotConfigured([exc.detail]) from None
 
@@ -174,7 +174,8 @@ class Runtime:
         return self._once("tokens", self._new_tokens)  # type: ignore[no-any-return]
 
     def _new_tokens(self) -> TokenSource:
-        # azure.identity costs ~0.3 s to import: only processes that call Dataverse pay it.
+        # azure.identity costs ~0.3 s to import: only processes that call Dataverse (or
+        # ACS without an access key) pay it.
         from azure.identity import DefaultAzureCredential
 
         from channel.identity import TokenSource

@@ -19,6 +19,7 @@ from channel.providers.base import (
     OutcomeUnknown,
     Provider,
     ProviderMisconfigured,
+    SafeToRepeat,
     SendOutcome,
     Throttled,
     Unreachable,
@@ -65,7 +66,7 @@ class OutboundService:
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
             return claim.response
         try:
-            response = self._submit(payload, text, budget)
+            response = self._submit(payload, text, budget, claim.record.get("first_attempt_at"))
         except SendAmbiguous:
             self.ledger.mark_ambiguous(rid)
             raise
@@ -95,7 +96,13 @@ class OutboundService:
         except Exception as exc:
             log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
-    def _submit(self, payload: OutboundPayload, text: str, budget: Budget) -> OutboundResponse:
+    def _submit(
+        self,
+        payload: OutboundPayload,
+        text: str,
+        budget: Budget,
+        first_attempt_at: float | None = None,
+    ) -> OutboundResponse:
         rid = payload.RequestId
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
@@ -112,6 +119,8 @@ class OutboundService:
             text=text,
             correlation=rid,
             status_callback_url=self.settings.status_callback_url(self.provider.id),
+            # The ledger's: the same for every attempt that may repeat an earlier one.
+            first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
         )
         outcome = self._send_with_retries(sms, budget)
         if isinstance(outcome, Accepted):
@@ -121,12 +130,24 @@ class OutboundService:
         return _answer(payload, "NotSent", None)
 
     def _send_with_retries(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
-        """Retry only what provably did not send (throttling, refused connections)."""
+        """Retry what provably did not send, and what the provider dedupes; nothing else.
+
+        Throttling and refused connections left nothing at the provider; a SafeToRepeat
+        outcome may have, but the provider answers a repeat with the first one's result.
+        Any other unknown outcome is never POSTed again in this call.
+        """
         attempt = 0
+        maybe_sent: SafeToRepeat | None = None
         while True:
             attempt += 1
             try:
                 return self.provider.send(sms, budget)
+            except SafeToRepeat as exc:
+                # The provider executes a repeat of this exact request at most once and
+                # answers it with the first one's result: repeating is safe, and settles it.
+                maybe_sent = exc
+                wait = exc.retry_after if exc.retry_after is not None else backoff(attempt)
+                reason = f"the provider's answer is unknown ({exc})"
             except Throttled as exc:
                 wait = exc.retry_after if exc.retry_after is not None else backoff(attempt)
                 reason = "the provider is throttling"
@@ -134,22 +155,31 @@ class OutboundService:
                 wait = backoff(attempt)
                 reason = "the provider is unreachable"
             except OutcomeUnknown as exc:
-                log.warning("request %s outcome unknown: %s", sms.correlation, exc)
-                raise SendAmbiguous(
-                    "the provider may have accepted the message; it will not be submitted "
-                    "again until its outcome is known",
-                    retry_after=max(1, int(self.ledger.grace_seconds) + 1),
-                ) from exc
+                raise self._ambiguous(sms, exc) from exc
             except ProviderMisconfigured as exc:
                 log.error("provider %s refused our configuration: %s", self.provider.id, exc)
+                if maybe_sent is not None:  # an earlier attempt of this call may have sent
+                    raise self._ambiguous(sms, maybe_sent) from exc
                 raise ServiceUnavailable(str(exc), retry_after=60) from exc
             if attempt >= MAX_ATTEMPTS or not budget.allows(wait, then=RESERVE_SECONDS):
+                if maybe_sent is not None:
+                    raise self._ambiguous(sms, maybe_sent) from maybe_sent
                 log.warning("request %s not sent: %s", sms.correlation, reason)
                 raise ProviderUnavailable(
                     f"{reason}; the message was not sent, retry later",
                     retry_after=max(1, round(wait)),
                 )
+            if maybe_sent is not None:
+                log.info("request %s: %s; repeating it", sms.correlation, reason)
             self.sleep(wait)
+
+    def _ambiguous(self, sms: OutboundSms, exc: OutcomeUnknown) -> SendAmbiguous:
+        log.warning("request %s outcome unknown: %s", sms.correlation, exc)
+        return SendAmbiguous(
+            "the provider may have accepted the message; it will not be submitted "
+            "again until its outcome is known",
+            retry_after=max(1, int(self.ledger.grace_seconds) + 1),
+        )
 
 
 def _answer(

@@ -59,3 +59,14 @@ def payload(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+# --- Azure Communication Services ---
+ACS_ACCESS_KEY = "YWNzLXRlc3QtYWNjZXNzLWtleS0wMDAxLW5vdC1hLXJlYWwtb25l"
+"""A base64 access key (of ``acs-test-access-key-0001-not-a-real-one``), as the portal shows."""
+WEBHOOK_SECRET = "event-grid-test-secret-0001"
+"""CHANNEL_WEBHOOK_SECRET: the ``secret`` query parameter of the Event Grid subscriptions."""
+UNICODE_TEXT = "Grüße aus Köln 👋 ваш код 4711"
+"""A text outside GSM-7 and ASCII: the bytes signed must be the bytes sent."""
+
+SENSITIVE.extend([ACS_ACCESS_KEY, WEBHOOK_SECRET, UNICODE_TEXT, RECIPIENT[1:]])

@@ -261,3 +261,220 @@ class FakeDataverse:
     def payloads(self, action: str) -> list[dict[str, Any]]:
         """The decoded payloads of the successful calls of one action."""
         return [payload for name, payload in self.calls if name == action]
+
+
+# --- Azure Communication Services (SMS) ---
+# (kept in one block at the end, imports included, so it merges apart from the rest)
+
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from email.utils import formatdate, parsedate_to_datetime  # noqa: E402
+from urllib.parse import parse_qs, urlsplit  # noqa: E402
+
+ACS_REPEATABILITY_WINDOW = 300.0
+"""ACS tracks repeatable requests for 5 minutes after their first-sent time."""
+
+
+@dataclass(frozen=True)
+class AcsPost:
+    """One POST the fake ACS received, as it arrived."""
+
+    body: bytes
+    headers: dict[str, str]
+    api_version: str | None
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """The decoded body."""
+        body: dict[str, Any] = json.loads(self.body)
+        return body
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The (repeatabilityRequestId, repeatabilityFirstSent) of its one recipient."""
+        (recipient,) = self.json["smsRecipients"]
+        return recipient["repeatabilityRequestId"], recipient["repeatabilityFirstSent"]
+
+
+AcsAnswer = Callable[[AcsPost], Response]
+
+
+class FakeAcs:
+    """ACS's ``POST /sms``: checks every request's authentication and dedupes repeats.
+
+    Authentication is HMAC-SHA256 with ``key`` (rebuilt from what arrived: the raw path
+    and query, the Host header, the hash of the bytes received) or, with ``identity``,
+    a bearer token that fake endpoint issued. A request that fails it is answered 401
+    and listed in ``rejected``; tests assert that list stays empty.
+
+    Like ACS (learn.microsoft.com/rest/api/communication/repeatable-requests), a
+    recipient whose repeatability pair was seen before within 5 minutes gets the first
+    answer again and nothing is sent; ``messages`` lists what was really sent.
+    ``script`` holds answers to give (in order, once) before that behaviour.
+    """
+
+    path = "/sms"
+
+    def __init__(
+        self, server: HTTPServer, *, key: bytes | None, identity: FakeIdentity | None = None
+    ) -> None:
+        self.server = server
+        self.endpoint = server.url_for("/").rstrip("/")
+        self.key = key
+        self.identity = identity
+        self.posts: list[AcsPost] = []
+        self.rejected: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+        """Every message ACS executed (one per repeatability pair): recipient, text, id."""
+        self.script: list[AcsAnswer] = []
+        self.bad_numbers: set[str] = set()
+        self.release = threading.Event()
+        """Set it to let go of the answers ``slow`` holds (tests set it when they end)."""
+        self._slow: list[float] = []
+        self._results: dict[tuple[str, str], tuple[bytes, dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        server.expect_request(self.path, method="POST").respond_with_handler(self.handle)
+
+    def message_id(self, n: int) -> str:
+        """The n-th message id the fake hands out (ACS's shape)."""
+        return f"Outgoing_20240611093015{n:08x}-5c2d-4e8a-9b1f-7a6e4d3c2b10_noam"
+
+    def pairs(self) -> set[tuple[str, str]]:
+        """The distinct repeatability pairs of every POST received."""
+        return {post.pair for post in self.posts}
+
+    def answer(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer the next unscripted POST with ``status`` and ``body`` (nothing is sent)."""
+        self.script.append(lambda post: _json(status, body, headers))
+
+    def handle(self, request: Request) -> Response:
+        problems = self.authentication_problems(request)
+        if problems:
+            with self._lock:
+                self.rejected.extend(problems)
+            return _json(401, {"error": {"code": "Denied", "message": "; ".join(problems)}})
+        query = parse_qs(urlsplit(request.environ["RAW_URI"]).query)
+        post = AcsPost(
+            request.get_data(),
+            dict(request.headers.items()),
+            query.get("api-version", [None])[0],
+        )
+        with self._lock:
+            self.posts.append(post)
+            scripted = self.script.pop(0) if self.script else None
+        if scripted is not None:
+            return scripted(post)
+        items = [self._recipient(post, recipient) for recipient in post.json["smsRecipients"]]
+        with self._lock:
+            late = self._slow.pop(0) if self._slow else 0.0
+        if late:
+            self.release.wait(late)  # executed, but the answer comes late (a read timeout)
+        return _json(202, {"value": items})
+
+    def slow(self, seconds: float, count: int = 1) -> None:
+        """Execute the next ``count`` unscripted POSTs at once but answer each ``seconds`` late.
+
+        The server is threaded: other POSTs are answered meanwhile.
+        """
+        self._slow.extend([seconds] * count)
+
+    def _recipient(self, post: AcsPost, recipient: dict[str, Any]) -> dict[str, Any]:
+        to = recipient["to"]
+        request_id = recipient.get("repeatabilityRequestId", "")
+        first_sent = recipient.get("repeatabilityFirstSent", "")
+        try:
+            uuid.UUID(request_id)
+            sent_at = parsedate_to_datetime(first_sent)
+            assert formatdate(sent_at.timestamp(), usegmt=True) == first_sent
+        except (ValueError, TypeError, AssertionError):
+            return _rejected(to, 400, "Invalid repeatability-request-id or -first-sent value.")
+        age = (datetime.now(UTC) - sent_at).total_seconds()
+        if not -60 <= age <= ACS_REPEATABILITY_WINDOW:
+            return _rejected(to, 412, "Repeatability first sent is not within the 5 min window.")
+        request = json.loads(post.body)
+        content = json.dumps(
+            {k: v for k, v in request.items() if k != "smsRecipients"} | {"to": to}
+        )
+        with self._lock:
+            seen = self._results.get((request_id, first_sent))
+            if seen is not None:
+                if seen[0] != content.encode():
+                    return _rejected(to, 400, "Repeated request does not match the first one.")
+                return seen[1] | {"repeatabilityResult": "accepted"}
+            if to in self.bad_numbers:
+                item = {
+                    "to": to,
+                    "httpStatusCode": 400,
+                    "errorMessage": "Invalid To phone number format.",
+                    "successful": False,
+                }
+            else:
+                message_id = self.message_id(next(self._ids))
+                item = {
+                    "to": to,
+                    "messageId": message_id,
+                    "httpStatusCode": 202,
+                    "successful": True,
+                }
+                self.messages.append(
+                    {
+                        "to": to,
+                        "from": request["from"],
+                        "message": request["message"],
+                        "id": message_id,
+                    }
+                )
+            self._results[(request_id, first_sent)] = (content.encode(), item)
+        return item | {"repeatabilityResult": "accepted"}
+
+    def authentication_problems(self, request: Request) -> list[str]:
+        """What is wrong with a request's HMAC signature or bearer token."""
+        authorization = request.headers.get("Authorization", "")
+        if self.identity is not None:
+            token = authorization.removeprefix("Bearer ")
+            return [] if token in self.identity.issued else [f"unknown bearer token {token!r}"]
+        assert self.key is not None
+        found = []
+        body = request.get_data()
+        content_hash = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        if request.headers.get("x-ms-content-sha256") != content_hash:
+            found.append("x-ms-content-sha256 is not the hash of the body received")
+        date = request.headers.get("x-ms-date", "")
+        try:
+            when = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            found.append(f"x-ms-date {date!r} is not an HTTP date")
+        else:
+            if formatdate(when.timestamp(), usegmt=True) != date:
+                found.append(f"x-ms-date {date!r} is not in the English RFC 1123 form")
+            if abs((datetime.now(UTC) - when).total_seconds()) > 900:
+                found.append(f"x-ms-date {date!r} is more than 15 minutes off")
+        signed = (
+            f"{request.method}\n{request.environ['RAW_URI']}\n"
+            f"{date};{request.headers.get('Host')};{request.headers.get('x-ms-content-sha256')}"
+        )
+        signature = base64.b64encode(hmac.new(self.key, signed.encode(), hashlib.sha256).digest())
+        expected = (
+            "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature="
+            + signature.decode()
+        )
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            found.append("the HMAC signature does not match")
+        return found
+
+
+def _rejected(to: str, status: int, message: str) -> dict[str, Any]:
+    return {
+        "to": to,
+        "httpStatusCode": status,
+        "repeatabilityResult": "rejected",
+        "errorMessage": message,
+        "successful": False,
+    }

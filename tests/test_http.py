@@ -95,11 +95,19 @@ def test_webhooks_of_unknown_providers_are_404(call: Call) -> None:
         assert "pigeon" in answer_json(response)["detail"]
 
 
-def test_webhooks_of_providers_not_built_yet_are_501(call: Call) -> None:
+def test_webhooks_of_providers_without_webhooks_are_501(call: Call) -> None:
     for name in ("delivery_report", "inbound"):
-        response = call(name, b"", route_params={"provider": "acs"})
+        response = call(name, b"", route_params={"provider": "loopback"})
         assert response.status_code == 501
         assert response.mimetype == "application/problem+json"
+
+
+def test_acs_webhooks_without_a_secret_are_503(call: Call) -> None:
+    for name in ("delivery_report", "inbound"):
+        response = call(name, b"", route_params={"provider": "acs"})
+        assert response.status_code == 503
+        problems = answer_json(response)["problems"]
+        assert any("CHANNEL_WEBHOOK_SECRET is not set" in problem for problem in problems)
 
 
 def test_twilio_webhooks_without_their_settings_are_503(call: Call) -> None:

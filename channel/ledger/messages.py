@@ -13,7 +13,8 @@ so concurrent callers and scaled-out instances agree on one winner):
 
 The record keeps what a delivery report needs later (ChannelDefinitionId, the ``From``
 exactly as Dataverse sent it, the provider message id) and a fingerprint of the
-content, never the recipient's number or the text.
+content, never the recipient's number or the text. ``first_attempt_at`` (see
+``_claimed``) is the same for every attempt that may repeat an earlier one.
 """
 
 from __future__ import annotations
@@ -268,10 +269,18 @@ class MessageLedger:
         return self._claimed(record, now)
 
     def _claimed(self, record: Record, now: float) -> Record:
+        # first_attempt_at: when the first attempt that may have reached the provider
+        # began. An ambiguous request keeps it, so a new attempt can repeat the first one
+        # exactly (ACS dedupes by it); after provably unsent attempts it starts anew.
+        if record.get("state") == "ambiguous":
+            first = record.get("first_attempt_at", record.get("created_at", now))
+        else:
+            first = now
         return record | {
             "state": "claimed",
             "claimed_at": now,
             "lease_until": now + self.lease_seconds,
+            "first_attempt_at": first,
         }
 
     def _update(self, request_id: str, change: Callable[[Record], Record | None]) -> Record:

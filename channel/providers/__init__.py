@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -11,18 +14,36 @@ from channel.config import PROVIDER_IDS, Settings
 from channel.errors import NotFound, NotImplementedYet
 from channel.providers.base import Provider, WebhookAdapter
 
+if TYPE_CHECKING:
+    from channel.identity import TokenSource
+
 # Adding a provider: one module with ``from_settings(settings, session)`` (sending) and
-# ``webhooks_from_settings(settings)`` (its webhooks), and one line here. Modules are
+# ``webhooks_from_settings(settings)`` (its webhooks), and one line here. A builder that
+# needs the app's managed identity also takes ``tokens`` (see build_provider). Modules are
 # imported on first use to keep cold starts short.
 _MODULES = {
     "loopback": "channel.providers.loopback",
     "twilio": "channel.providers.twilio",
+    "acs": "channel.providers.acs",
 }
 
 
-def build_provider(settings: Settings, session: requests.Session) -> Provider:
-    """The sending adapter for ``settings.provider``, wired to the shared HTTP session."""
-    provider: Provider = _module(settings.provider).from_settings(settings, session)
+def build_provider(
+    settings: Settings,
+    session: requests.Session,
+    tokens: Callable[[], TokenSource] | None = None,
+) -> Provider:
+    """The sending adapter for ``settings.provider``, wired to the shared HTTP session.
+
+    ``tokens`` gives the process's one TokenSource; it is passed on (uncalled, so
+    azure-identity is imported only by a provider that uses it) to builders that
+    declare a ``tokens`` parameter.
+    """
+    build = _module(settings.provider).from_settings
+    if tokens is not None and "tokens" in inspect.signature(build).parameters:
+        provider: Provider = build(settings, session, tokens=tokens)
+    else:
+        provider = build(settings, session)
     return provider
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +24,11 @@ class OutboundSms:
     """Our RequestId: sent along so a status callback can be matched to it."""
     status_callback_url: str | None
     """Where the provider should post delivery reports, when a public URL is known."""
+    first_attempt_at: float = field(default_factory=time.time)
+    """When the first attempt that this one may repeat began (epoch seconds), from the
+    ledger: the same for every attempt of a RequestId whose earlier attempt may have
+    reached the provider, in any process. A provider that dedupes repeats by an id and
+    a first-sent time (ACS) needs both to be stable."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,19 @@ class Unreachable(Exception):
 
 class OutcomeUnknown(Exception):
     """The request may have reached the provider (5xx, read timeout): do not re-POST blindly."""
+
+
+class SafeToRepeat(OutcomeUnknown):
+    """The outcome is unknown, but the provider dedupes repeats of this exact request.
+
+    The request carried the provider's own idempotency key (ACS: repeatabilityRequestId
+    and repeatabilityFirstSent), so POSTing it again cannot create a second message and
+    gets the first one's answer: the caller may repeat it within its budget.
+    """
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class ProviderMisconfigured(Exception):

@@ -1,0 +1,481 @@
+"""Azure Communication Services SMS: sending over plain REST, and Event Grid webhooks.
+
+Sending is one ``POST {endpoint}/sms`` per message, signed with the resource's access
+key (HMAC-SHA256) or authorised with a managed-identity token. Each message carries an
+ACS repeatability pair derived from our RequestId, so ACS executes it at most once
+however often it is POSTed: an attempt whose answer was lost may be repeated at once.
+
+Delivery reports and inbound messages reach us as Event Grid events (Event Grid schema
+or CloudEvents 1.0). Event Grid signs nothing: the subscription URL carries
+``CHANNEL_WEBHOOK_SECRET`` as the query parameter ``secret``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from channel.budget import Budget
+from channel.config import Settings
+from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
+from channel.phone import mask, to_e164
+from channel.providers.base import (
+    Accepted,
+    DeliveryState,
+    OutboundSms,
+    OutcomeUnknown,
+    ProviderMisconfigured,
+    ReceivedSms,
+    Rejected,
+    SafeToRepeat,
+    SendOutcome,
+    StatusReport,
+    Throttled,
+    Unreachable,
+    Webhook,
+    WebhookReply,
+)
+from channel.retry import never_sent, parse_retry_after
+
+if TYPE_CHECKING:
+    from channel.identity import TokenSource
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The newest stable version of the SMS data plane (azure-rest-api-specs,
+# specification/communication/data-plane/Sms/stable/2026-01-23). It keeps every field we
+# send (from, smsRecipients[].to / repeatabilityRequestId / repeatabilityFirstSent,
+# message, smsSendOptions.enableDeliveryReport / tag) and the per-recipient 202 reply of
+# 2021-03-07 (the version azure-communication-sms 1.1 still pins); what it adds
+# (deliveryReportTimeoutInSeconds, messagingConnect, the opt-out operations) is optional
+# and unused here.
+API_VERSION = "2026-01-23"
+SCOPE = "https://communication.azure.com//.default"
+"""Entra ID scope of ACS, double slash included, as azure-communication-sms writes it."""
+CONNECT_TIMEOUT = 3.05
+READ_TIMEOUT = 10.0
+"""Leaves room in the 20 s budget for one repeat after a read timeout."""
+REPEATABILITY_NAMESPACE = uuid.UUID("7e65c13f-975c-4865-8225-e913449bd418")
+"""Fixed namespace of the UUIDv5 repeatabilityRequestId of each RequestId. Never change it:
+a deployment with another one would not be deduped against attempts made before it."""
+_SIGNED_HEADERS = "x-ms-date;host;x-ms-content-sha256"
+
+
+def repeatability_request_id(request_id: str) -> str:
+    """The repeatabilityRequestId of our RequestId: the same in every process, forever."""
+    return str(uuid.uuid5(REPEATABILITY_NAMESPACE, request_id))
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 1123 date in English (``Tue, 26 Mar 2019 16:06:51 GMT``) whatever the locale.
+
+    ``strftime("%a, %d %b ...")`` would follow LC_TIME; ACS accepts only the English form.
+    """
+    return formatdate(timestamp, usegmt=True)
+
+
+def hmac_headers(
+    *, key: bytes, method: str, path_and_query: str, host: str, date: str, body: bytes
+) -> dict[str, str]:
+    """The headers of ACS's HMAC-SHA256 scheme for one request.
+
+    The string to sign is the verb, the path and query, and ``x-ms-date;host;hash`` on
+    three lines, the hash being of exactly the bytes sent (azure-communication-sms,
+    HMACCredentialsPolicy).
+    """
+    content_hash = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+    to_sign = f"{method}\n{path_and_query}\n{date};{host};{content_hash}"
+    digest = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).digest()
+    signature = base64.b64encode(digest).decode("ascii")
+    return {
+        "x-ms-date": date,
+        "x-ms-content-sha256": content_hash,
+        "Authorization": f"HMAC-SHA256 SignedHeaders={_SIGNED_HEADERS}&Signature={signature}",
+    }
+
+
+class AcsProvider:
+    """Sends one message per call to ACS's ``/sms`` operation."""
+
+    id = "acs"
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        session: requests.Session,
+        access_key: bytes | None = None,
+        tokens: TokenSource | None = None,
+        api_version: str = API_VERSION,
+    ) -> None:
+        if (access_key is None) == (tokens is None):
+            raise ValueError("give exactly one of access_key and tokens")
+        self.url = f"{endpoint.rstrip('/')}/sms?api-version={api_version}"
+        parts = urlsplit(self.url)
+        self._path_and_query = f"{parts.path}?{parts.query}"
+        # The host as the endpoint names it, with its port when it has one: what the
+        # official SDK signs (it strips only the scheme from the endpoint).
+        self._host = parts.netloc
+        self._key = access_key
+        self._tokens = tokens
+        self._session = session
+
+    def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
+        """POST the message and classify ACS's answer for our one recipient."""
+        body = self.body(sms)
+        headers = self.headers(body)
+        try:
+            reply = self._session.post(
+                self.url,
+                data=body,
+                headers=headers,
+                timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
+            )
+        except requests.RequestException as exc:
+            if never_sent(exc):
+                raise Unreachable(f"could not connect to ACS: {type(exc).__name__}") from exc
+            # The request may have reached ACS; a repeat carries the same repeatability
+            # pair, so ACS executes it only if the first one never got there.
+            raise SafeToRepeat(f"no usable answer from ACS: {type(exc).__name__}") from exc
+        return self._outcome(reply, sms)
+
+    def body(self, sms: OutboundSms) -> bytes:
+        """The exact bytes of the send request (what is hashed is what is sent)."""
+        recipient = {
+            "to": sms.to,
+            # The same pair on every attempt that may repeat an earlier one, in any
+            # process: ACS then executes the message once. The first-sent time is the
+            # ledger's first_attempt_at (rendered the same way each time), not this
+            # attempt's clock; it starts anew only after provably unsent attempts, which
+            # keeps a late retry of a throttled request inside ACS's 5-minute window.
+            "repeatabilityRequestId": repeatability_request_id(sms.correlation),
+            "repeatabilityFirstSent": http_date(sms.first_attempt_at),
+        }
+        request = {
+            "from": sms.sender,
+            "smsRecipients": [recipient],
+            "message": sms.text,
+            # The tag comes back in the delivery report: our correlation (the RequestId).
+            "smsSendOptions": {"enableDeliveryReport": True, "tag": sms.correlation},
+        }
+        return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        """Content type and authentication for a request carrying ``body``."""
+        headers = {"Content-Type": "application/json"}
+        if self._key is not None:
+            return headers | hmac_headers(
+                key=self._key,
+                method="POST",
+                path_and_query=self._path_and_query,
+                host=self._host,
+                date=http_date(time.time()),
+                body=body,
+            )
+        assert self._tokens is not None  # noqa: S101 - the constructor guarantees one of them
+        try:
+            token = self._tokens.token(SCOPE)
+        except Exception as exc:  # azure-identity raises its own hierarchy
+            # Before any POST: nothing was sent. Usually no identity or no role assigned.
+            raise ProviderMisconfigured(
+                f"no Entra ID token for ACS ({type(exc).__name__}): check the managed "
+                "identity and its role on the Communication Services resource"
+            ) from exc
+        return headers | {"Authorization": f"Bearer {token}"}
+
+    def _outcome(self, reply: requests.Response, sms: OutboundSms) -> SendOutcome:
+        status = reply.status_code
+        if status == 429:
+            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+        if status in (401, 403, 404):
+            raise ProviderMisconfigured(
+                f"ACS refused the request (HTTP {status}): check ACS_ENDPOINT and the access "
+                "key or the managed identity's role"
+            )
+        if status == 409:  # a repeat while the first attempt is still being processed
+            raise SafeToRepeat("ACS is still processing an earlier attempt")
+        if status == 412:
+            raise OutcomeUnknown(_REPEAT_WINDOW)
+        if status >= 500:
+            raise SafeToRepeat(
+                f"ACS answered HTTP {status}",
+                retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+            )
+        body = _json(reply)
+        if 400 <= status < 500:
+            error = body.get("error")
+            reason = str(error.get("message") or "") if isinstance(error, dict) else ""
+            log.info("acs rejected the message to %s: HTTP %s", mask(sms.to), status)
+            log.debug("acs rejection detail: %s", reason)
+            return Rejected(code=str(status), reason=reason)
+        items = body.get("value")
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+            raise SafeToRepeat(f"ACS answered HTTP {status} without a result per recipient")
+        return self._recipient(items[0], reply, sms)
+
+    def _recipient(
+        self, item: dict[str, Any], reply: requests.Response, sms: OutboundSms
+    ) -> SendOutcome:
+        """ACS answers 202 even when the recipient failed: its own status decides."""
+        code = item.get("httpStatusCode")
+        code = code if isinstance(code, int) else None
+        message_id = item.get("messageId")
+        if item.get("successful") is True and isinstance(message_id, str) and message_id:
+            log.info("acs accepted %s for %s", message_id, mask(sms.to))
+            return Accepted(message_id)
+        if str(item.get("repeatabilityResult") or "").lower() == "rejected" or code == 412:
+            # ACS refused to execute this repeat (not the recipient's fault): it cannot
+            # tell us whether an earlier attempt was executed.
+            raise OutcomeUnknown(_REPEAT_WINDOW)
+        if code == 429:
+            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+        if code in (401, 403):
+            raise ProviderMisconfigured(f"ACS refused the recipient for our account (HTTP {code})")
+        if code is None or code == 409 or code >= 500 or code < 400:
+            raise SafeToRepeat(f"ACS answered HTTP {code} for the recipient")
+        # 400: the number is invalid or unreachable; other 4xx are as permanent.
+        # errorMessage may quote the number: keep it below INFO.
+        log.info("acs rejected the message to %s: recipient HTTP %s", mask(sms.to), code)
+        log.debug("acs rejection detail: %s", item.get("errorMessage"))
+        return Rejected(code=str(code), reason=str(item.get("errorMessage") or ""))
+
+
+_REPEAT_WINDOW = (
+    "ACS refused to repeat an earlier attempt (its repeatability window is 5 minutes from "
+    "the first attempt); whether that attempt was sent is unknown"
+)
+
+
+def _json(reply: requests.Response) -> dict[str, Any]:
+    try:
+        body = reply.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def from_settings(
+    settings: Settings,
+    session: requests.Session,
+    tokens: Callable[[], TokenSource] | None = None,
+) -> AcsProvider:
+    """Build the ACS adapter: HMAC with ACS_ACCESS_KEY, else the app's managed identity."""
+    assert settings.acs_endpoint is not None  # noqa: S101 - config guarantees it
+    if settings.acs_access_key is not None:
+        try:
+            key = base64.b64decode(settings.acs_access_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise NotConfigured(
+                [
+                    "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
+                    "not its connection string"
+                ]
+            ) from None
+        return AcsProvider(endpoint=settings.acs_endpoint, session=session, access_key=key)
+    if tokens is None:
+        raise NotConfigured(["ACS_ACCESS_KEY is not set and no managed identity is available"])
+    return AcsProvider(endpoint=settings.acs_endpoint, session=session, tokens=tokens())
+
+
+# -- Webhooks: Event Grid events --------------------------------------------------------
+# https://learn.microsoft.com/azure/event-grid/webhook-event-delivery
+# https://learn.microsoft.com/azure/event-grid/communication-services-telephony-sms-events
+
+VALIDATION_EVENT = "microsoft.eventgrid.subscriptionvalidationevent"
+DELIVERY_REPORT_EVENT = "microsoft.communication.smsdeliveryreportreceived"
+RECEIVED_EVENT = "microsoft.communication.smsreceived"
+_ROUTE_OF = {DELIVERY_REPORT_EVENT: "delivery-report/acs", RECEIVED_EVENT: "inbound/acs"}
+
+
+class AcsWebhooks:
+    """Authenticates Event Grid calls by the shared secret and reads ACS's SMS events."""
+
+    id = "acs"
+
+    def __init__(self, *, secret: str, default_region: str = "US") -> None:
+        self._secret = secret.encode("utf-8")
+        self.default_region = default_region
+
+    def verify(self, hook: Webhook) -> None:
+        """Accept the call only if its query carries ``secret`` equal to ours."""
+        values = parse_qs(urlsplit(hook.url).query, keep_blank_values=True).get("secret")
+        if not values or not values[0]:
+            raise Unauthorized("the secret query parameter is missing")
+        # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
+        if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), self._secret):
+            raise Forbidden("the secret query parameter does not match")
+
+    def handshake(self, hook: Webhook) -> WebhookReply | None:
+        """The answer to Event Grid's subscription validation, in either schema."""
+        if hook.method.upper() == "OPTIONS":
+            # CloudEvents 1.0 abuse protection: grant the origin that asks.
+            origin = hook.headers.get("webhook-request-origin")
+            if not origin:
+                return WebhookReply(status=200, headers={"Allow": "POST, OPTIONS"})
+            return WebhookReply(
+                status=200,
+                headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"},
+            )
+        for event in _events(hook):
+            if _type(event) == VALIDATION_EVENT:
+                code = _data(event).get("validationcode")
+                if not isinstance(code, str) or not code:
+                    raise BadRequest("data.validationCode", "is required")
+                log.info("event grid subscription validated on %s", urlsplit(hook.url).path)
+                return WebhookReply(
+                    status=200,
+                    body=json.dumps({"validationResponse": code}),
+                    mimetype="application/json",
+                )
+        return None
+
+    def status_reports(self, hook: Webhook) -> list[StatusReport]:
+        """One report per SMSDeliveryReportReceived event; other events are acknowledged."""
+        return _each_event(hook, DELIVERY_REPORT_EVENT, self._report)
+
+    def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
+        """One customer message per SMSReceived event; other events are acknowledged."""
+        return _each_event(hook, RECEIVED_EVENT, self._received)
+
+    def acknowledge(self, hook: Webhook) -> WebhookReply:
+        """Any 2xx tells Event Grid the delivery succeeded."""
+        return WebhookReply(status=200)
+
+    def _report(self, data: Mapping[str, Any]) -> StatusReport:
+        message_id = _text(data, "messageId")
+        status = data.get("deliverystatus")
+        status = status.strip() if isinstance(status, str) else ""
+        if status.lower() == "delivered":
+            state = DeliveryState.DELIVERED
+        elif status.lower() == "failed":  # a delivery-report timeout is reported as Failed
+            state = DeliveryState.NOT_DELIVERED
+        else:
+            state = DeliveryState.PENDING
+        tag = data.get("tag")
+        correlation = tag if isinstance(tag, str) and tag else None
+        return StatusReport(message_id, state, correlation, detail=status)
+
+    def _received(self, data: Mapping[str, Any]) -> ReceivedSms:
+        message_id = _text(data, "messageId")
+        customer = _text(data, "from")
+        ours = _text(data, "to")
+        text = data.get("message")
+        return ReceivedSms(
+            message_id=message_id,
+            customer=_e164(customer, self.default_region),
+            our_number=_e164(ours, self.default_region),
+            text=text if isinstance(text, str) else "",
+        )
+
+
+def _events(hook: Webhook) -> list[dict[str, Any]]:
+    """The events of a call: an Event Grid array, a CloudEvents batch or a single event."""
+    try:
+        body = json.loads(hook.body)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body", "not a JSON event or array of events") from None
+    events = body if isinstance(body, list) else [body]
+    if not all(isinstance(event, dict) for event in events):
+        raise BadRequest("body", "every event must be a JSON object")
+    return [_folded(event) for event in events]
+
+
+def _each_event(hook: Webhook, wanted: str, read: Callable[[Mapping[str, Any]], T]) -> list[T]:
+    """``read`` applied to the data of each ``wanted`` event, every other event logged.
+
+    A malformed event among good ones is skipped (answering 400 would make Event Grid
+    drop the whole batch); a call with no usable event at all is a 400.
+    """
+    found: list[T] = []
+    malformed: list[BadRequest] = []
+    for event in _events(hook):
+        kind = _type(event)
+        if kind == wanted:
+            try:
+                found.append(read(_data(event)))
+            except BadRequest as exc:
+                malformed.append(exc)
+                log.warning("event %s skipped: %s", _text_or(event, "id"), exc.detail)
+        elif kind in _ROUTE_OF:
+            log.warning(
+                "a %s event reached %s: it is handled at /api/%s (check the Event Grid "
+                "subscription's endpoint and event types)",
+                kind,
+                urlsplit(hook.url).path,
+                _ROUTE_OF[kind],
+            )
+        else:
+            log.info("event type %s acknowledged and ignored", kind or "(none)")
+    if malformed and not found:
+        raise malformed[0]
+    return found
+
+
+def _folded(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping with its keys in lower case, so they are read case-insensitively.
+
+    The Event Grid schema writes data keys in camelCase, CloudEvents in PascalCase (and
+    ``specversion`` as ``specVersion`` at times).
+    """
+    return {str(key).lower(): value for key, value in mapping.items()}
+
+
+def _type(event: Mapping[str, Any]) -> str:
+    kind = event.get("eventtype", event.get("type"))
+    return kind.lower() if isinstance(kind, str) else ""
+
+
+def _data(event: Mapping[str, Any]) -> dict[str, Any]:
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise BadRequest("data", "every event must carry a data object")
+    return _folded(data)
+
+
+def _text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name.lower())
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"data.{name}", "is required")
+    return value.strip()
+
+
+def _text_or(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    return value if isinstance(value, str) else "-"
+
+
+def _e164(number: str, region: str) -> str:
+    """ACS writes international numbers without '+' (``14255550199``): E.164 with '+'.
+
+    Short codes and alphanumeric ids stay as they are.
+    """
+    if number.startswith("+"):
+        return number
+    e164 = to_e164(number, region)
+    if e164 is not None:
+        return e164
+    if number.isdigit() and len(number) >= 8:  # a long number libphonenumber does not know
+        return "+" + number
+    return number
+
+
+def webhooks_from_settings(settings: Settings) -> AcsWebhooks:
+    """Build the webhook side of ACS: needs CHANNEL_WEBHOOK_SECRET."""
+    if settings.webhook_secret is None:
+        raise NotConfigured(
+            ["CHANNEL_WEBHOOK_SECRET is not set: Event Grid calls for ACS cannot be authenticated"]
+        )
+    return AcsWebhooks(secret=settings.webhook_secret, default_region=settings.default_region)
