@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 PROVIDER_IDS = ("loopback", "twilio", "acs")
 MAX_BODY_BYTES = 64 * 1024
+MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
 ACS_AMBIGUOUS_GRACE_SECONDS = 60.0
@@ -220,8 +222,16 @@ class _SettingsReader:
                 self.problems.append(
                     "TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex"
                 )
-        elif s.provider == "acs" and s.acs_endpoint is None:
-            self.problems.append("ACS_ENDPOINT is not set (provider acs)")
+        elif s.provider == "acs":
+            if s.acs_endpoint is None:
+                self.problems.append("ACS_ENDPOINT is not set (provider acs)")
+            if s.acs_access_key is not None and not _is_base64(s.acs_access_key):
+                self.problems.append("ACS_ACCESS_KEY is not a base64 access key")
+            if s.webhook_secret is None:
+                self.notes.append(
+                    "CHANNEL_WEBHOOK_SECRET not set: ACS delivery reports and replies "
+                    "(Event Grid) are refused until it is"
+                )
 
     def _check_environment(self, s: Settings) -> None:
         if s.in_azure and s.ledger_kind == "embedded":
@@ -234,3 +244,11 @@ class _SettingsReader:
             self.problems.append("DATAVERSE_URL is not set")
         if s.dataverse_dev_mode:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True

@@ -104,3 +104,18 @@ def test_blank_values_count_as_unset() -> None:
     assert settings.provider == "loopback"
     assert settings.dataverse_url is None
     assert settings.problems == ()
+
+
+def test_acs_settings_are_checked() -> None:
+    settings = Settings.from_env(
+        {
+            "CHANNEL_PROVIDER": "acs",
+            "ACS_ENDPOINT": "https://x.communication.azure.com",
+            "ACS_ACCESS_KEY": "not base64!",
+        }
+    )
+    assert settings.problems == ("ACS_ACCESS_KEY is not a base64 access key",)
+    assert any(note.startswith("CHANNEL_WEBHOOK_SECRET not set") for note in settings.notes)
+    assert Settings.from_env({"CHANNEL_PROVIDER": "acs"}).problems == (
+        "ACS_ENDPOINT is not set (provider acs)",
+    )

@@ -131,3 +131,16 @@ def test_unexpected_errors_become_a_plain_problem_without_internals(
     problem = answer_json(response)
     assert problem["detail"] == "an unexpected error occurred; see the app's log"
     assert "Traceback" not in response.get_body().decode()
+
+
+def test_webhook_bodies_may_be_as_large_as_an_event_grid_batch(
+    call: Call, configure: Configure
+) -> None:
+    configure(CHANNEL_WEBHOOK_SECRET="a-secret-for-this-test-only")
+    # A 200 KiB body is over the outbound limit but within Event Grid's 1 MB batches:
+    # it reaches the adapter (401: no secret given), it is not refused with 413.
+    big = b"x" * (200 * 1024)
+    response = call("delivery_report", big, route_params={"provider": "acs"})
+    assert response.status_code == 401
+    too_big = b"x" * (1024 * 1024 + 1)
+    assert call("delivery_report", too_big, route_params={"provider": "acs"}).status_code == 413
