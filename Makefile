@@ -38,8 +38,9 @@ test: $(VENV)/.dev azurite
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
-	$(PY) -m bench.outbound
+	$(PY) -m bench.outbound --table
 	$(PY) -m bench.delivery_report
+	$(PY) -m bench.outbound_acs
 
 clean:
 	rm -rf $(VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules

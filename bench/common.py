@@ -8,6 +8,7 @@ two sides timed in alternating blocks (ABBA) after a warm-up so drift cancels ou
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -228,8 +229,9 @@ def http_request(body: bytes) -> func.HttpRequest:
 Function = Callable[[func.HttpRequest], func.HttpResponse]
 
 
+@functools.cache
 def app_functions() -> dict[str, Function]:
-    """The app's functions by name, as the host indexes them (imports ``function_app``)."""
+    """The app's functions by name, as the host indexes them (once: the app allows one)."""
     from function_app import app
 
     functions: dict[str, Function] = {}

@@ -66,6 +66,8 @@ class WarmResult:
     outbound: Stats
     bare: Stats
     connections: int
+    round_trips_per_send: float | None = None
+    """Ledger round trips per outbound call (Table backend only: it counts them)."""
 
     @property
     def ratio(self) -> float:
@@ -73,11 +75,16 @@ class WarmResult:
         return self.outbound.median / self.bare.median
 
 
-def measure_warm(server: FakeTwilioServer, iterations: int, ledger_dir: Path) -> WarmResult:
-    """Median latency of the outbound function and of a bare POST, interleaved in blocks."""
-    from channel.runtime import reset_runtime
+def measure_warm(
+    server: FakeTwilioServer, iterations: int, ledger_dir: Path, **ledger_env: str
+) -> WarmResult:
+    """Median latency of the outbound function and of a bare POST, interleaved in blocks.
 
-    use_env(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3")))
+    ``ledger_env`` selects another ledger backend (e.g. CHANNEL_STORAGE_CONNECTION).
+    """
+    from channel.runtime import get_runtime, reset_runtime
+
+    use_env(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3"), **ledger_env))
     reset_runtime()
     outbound = app_functions()["outbound"]
 
@@ -109,10 +116,16 @@ def measure_warm(server: FakeTwilioServer, iterations: int, ledger_dir: Path) ->
         assert reply.status_code == 201, reply.text
         return elapsed
 
+    store = get_runtime().ledger.store
+    trips_before = getattr(store, "round_trips", None)
     app_times, bare_times = interleave(call_outbound, call_bare, iterations)
+    trips_after = getattr(store, "round_trips", None)
+    per_send = None
+    if isinstance(trips_before, int) and isinstance(trips_after, int):
+        per_send = (trips_after - trips_before) / (warmup_calls(iterations) + iterations)
     session.close()
     reset_runtime()
-    return WarmResult(Stats.of(app_times), Stats.of(bare_times), server.connections)
+    return WarmResult(Stats.of(app_times), Stats.of(bare_times), server.connections, per_send)
 
 
 # -- cold ------------------------------------------------------------------------------
@@ -209,11 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.outbound", description=__doc__)
     parser.add_argument("--iterations", type=int, default=600, help="warm calls of each kind")
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh processes of each kind")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="also measure warm outbound with the Table Storage ledger (starts Azurite)",
+    )
     options = parser.parse_args(argv)
     if options.iterations < 2 or options.cold_runs < 1:
         parser.error("--iterations must be >= 2 and --cold-runs >= 1")
 
     quiet_logging()
+    table = measure_table(options.iterations) if options.table else None
 
     with tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp, fake_twilio() as server:
         ledger_dir = Path(tmp)
@@ -252,7 +271,35 @@ def main(argv: list[str] | None = None) -> int:
         f"cold start:             {cold.ratio:.2f} (target <= {COLD_TARGET})  "
         f"app {cold.app.median:.2f} s / bare {cold.bare.median:.2f} s"
     )
+    if table is not None:
+        print(
+            f"warm outbound, Table:   {table.ratio:.2f}  outbound "
+            f"{table.outbound.median * 1e3:.2f} ms / bare POST {table.bare.median * 1e3:.2f} ms"
+            f"  ({table.round_trips_per_send:.2f} Table round trips per send)"
+        )
     return 0
+
+
+def measure_table(iterations: int) -> WarmResult:
+    """Warm outbound with the Table ledger on Azurite (127.0.0.1), against the bare POST."""
+    from tests.azurite import fresh_table_name, table_service
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-table-") as tmp,
+        fake_twilio() as server,
+        table_service() as azurite,
+    ):
+        print(f"warm with the Table ledger (Azurite on port {azurite.port}): {iterations} calls")
+        warm = measure_warm(
+            server,
+            iterations,
+            Path(tmp),
+            CHANNEL_STORAGE_CONNECTION=azurite.connection_string,
+            CHANNEL_STORAGE_TABLE=fresh_table_name(),
+        )
+        print(warm.outbound.line("outbound function"))
+        print(warm.bare.line("bare POST"))
+        return warm
 
 
 if __name__ == "__main__":
