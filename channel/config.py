@@ -226,7 +226,10 @@ class _SettingsReader:
             if s.acs_endpoint is None:
                 self.problems.append("ACS_ENDPOINT is not set (provider acs)")
             if s.acs_access_key is not None and not _is_base64(s.acs_access_key):
-                self.problems.append("ACS_ACCESS_KEY is not a base64 access key")
+                self.problems.append(
+                    "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
+                    "not its connection string"
+                )
             if s.webhook_secret is None:
                 self.notes.append(
                     "CHANNEL_WEBHOOK_SECRET not set: ACS delivery reports and replies "

@@ -114,7 +114,10 @@ def test_acs_settings_are_checked() -> None:
             "ACS_ACCESS_KEY": "not base64!",
         }
     )
-    assert settings.problems == ("ACS_ACCESS_KEY is not a base64 access key",)
+    assert settings.problems == (
+        "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
+        "not its connection string",
+    )
     assert any(note.startswith("CHANNEL_WEBHOOK_SECRET not set") for note in settings.notes)
     assert Settings.from_env({"CHANNEL_PROVIDER": "acs"}).problems == (
         "ACS_ENDPOINT is not set (provider acs)",
