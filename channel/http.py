@@ -14,6 +14,7 @@ from channel.budget import Budget
 from channel.config import MAX_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, Settings
 from channel.envelope import read_outbound
 from channel.errors import ChannelError, PayloadTooLarge
+from channel.logs import log_unexpected
 from channel.providers.base import Webhook, WebhookAdapter, WebhookReply
 from channel.runtime import Runtime, get_runtime
 
@@ -54,10 +55,10 @@ def answers_problems(handler: Handler) -> Handler:
             if exc.status >= 500:
                 log.warning("%s answered %s: %s", handler.__name__, exc.status, exc.title)
             return problem(exc)
-        except Exception:
-            # The traceback goes to the log (our code's frames, no request data);
-            # the caller gets a plain problem with no detail of our internals.
-            log.exception("%s failed unexpectedly", handler.__name__)
+        except Exception as exc:
+            # The stack goes to the log (our code's frames, no request data); the
+            # caller gets a plain problem with no detail of our internals.
+            log_unexpected(log, handler.__name__, exc)
             return problem(ChannelError("an unexpected error occurred; see the app's log"))
 
     return guarded

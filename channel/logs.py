@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 # urllib3 logs every connection at DEBUG and azure-core logs request headers at INFO;
 # neither belongs in an operator's log, and headers can carry keys.
@@ -19,3 +20,14 @@ def quiet_libraries() -> None:
     """Hold the HTTP libraries' loggers at WARNING."""
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log a bug at ERROR with its type and stack, but not its message.
+
+    Exception messages can quote their input (a phone number, a message text); the
+    frames alone show where it went wrong. The message goes to DEBUG.
+    """
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error("%s failed unexpectedly: %s\n%s", what, type(exc).__name__, frames.rstrip())
+    logger.debug("%s: %s", what, exc)

@@ -13,6 +13,7 @@ from channel.dataverse import Dataverse, DataverseUnavailable
 from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
 from channel.ledger.outbox import Lease, Outbox
+from channel.logs import log_unexpected
 from channel.phone import mask
 from channel.providers.base import (
     DeliveryState,
@@ -92,7 +93,7 @@ class WebhookService:
                 )
             if unavailable is exc:
                 raise
-            log.error("forwarding %s failed unexpectedly", lease.key, exc_info=exc)
+            log_unexpected(log, f"forwarding {lease.key}", exc)
             raise unavailable from exc
         self.outbox.forwarded(lease)
 

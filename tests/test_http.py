@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Call, Configure, answer_json
-from tests.data import TWILIO_TOKEN, payload
+from tests.data import RECIPIENT, TWILIO_TOKEN, payload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,3 +147,20 @@ def test_webhook_bodies_may_be_as_large_as_an_event_grid_batch(
     assert response.status_code == 401
     too_big = b"x" * (1024 * 1024 + 1)
     assert call("delivery_report", too_big, route_params={"provider": "acs"}).status_code == 413
+
+
+def test_an_unexpected_error_is_logged_without_its_message(
+    call: Call, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing real raises with a phone number in its message on demand: a stand-in does.
+    def broken(raw: str, region: str) -> str:
+        raise ValueError(f"cannot read {raw}")
+
+    monkeypatch.setattr("channel.service.to_e164", broken)
+    response = call("outbound", payload(RequestId="unexpected-1"))
+    assert response.status_code == 500
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    text = record.getMessage()
+    assert "outbound failed unexpectedly: ValueError" in text
+    assert "in _submit" in text  # the stack shows where
+    assert RECIPIENT not in text  # the autouse check also fails the test on a leak
