@@ -15,6 +15,8 @@ import logging
 import os
 import statistics
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from urllib.parse import parse_qs
 
 import azure.functions as func
 
+from tests.data import RECIPIENT, SENDER_E164, TEXT, payload
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BLOCK = 25
@@ -32,11 +36,6 @@ BLOCK = 25
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "bench-auth-token-0001"  # noqa: S105 - a fake account's token
-DEFINITION_ID = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
-SENDER = "12065550100"
-SENDER_E164 = "+12065550100"
-RECIPIENT = "+14255550199"
-TEXT = "Hi Ana, your code is 123456"
 PUBLIC_URL = "https://sms.contoso.example"
 HOST_URL = "http://localhost:7071"
 """Where the local Functions host serves the app: the URL its requests carry."""
@@ -186,22 +185,8 @@ def use_env(env: dict[str, str]) -> None:
 
 
 def payload_body(request_id: str) -> bytes:
-    """An outbound request body as Dataverse sends it."""
-    return json.dumps(
-        {
-            "ChannelDefinitionId": DEFINITION_ID,
-            "RequestId": request_id,
-            "From": SENDER,
-            "To": RECIPIENT,
-            "Message": {"text": TEXT},
-            "MarketingAppContext": {
-                "CustomerJourneyId": None,
-                "UserId": None,
-                "UserEntityType": "contact",
-                "IsTestSend": True,
-            },
-        }
-    ).encode("utf-8")
+    """An outbound request body as Dataverse sends it (the tests' payload)."""
+    return json.dumps(payload(RequestId=request_id)).encode("utf-8")
 
 
 def twilio_form(request_id: str) -> dict[str, str]:
@@ -227,6 +212,27 @@ def http_request(body: bytes) -> func.HttpRequest:
 
 
 Function = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+def outbound_caller(outbound: Function, calls: int) -> Callable[[], float]:
+    """A timed call of ``outbound`` per invocation, each with a new RequestId.
+
+    The requests are built beforehand (the host builds them: the figure is about our
+    code), and each answer must be ``Sent``.
+    """
+    pending = [http_request(payload_body(str(uuid.uuid4()))) for _ in range(calls)]
+
+    def call_outbound() -> float:
+        request = pending.pop()
+        start = time.perf_counter()
+        response = outbound(request)
+        elapsed = time.perf_counter() - start
+        answer = json.loads(response.get_body())
+        assert response.status_code == 200, response.get_body()
+        assert answer["Status"] == "Sent", answer
+        return elapsed
+
+    return call_outbound
 
 
 @functools.cache

@@ -46,13 +46,9 @@ from bench.common import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     BLOCK,
-    DEFINITION_ID,
     HOST_URL,
     PUBLIC_URL,
-    RECIPIENT,
     ROOT,
-    SENDER,
-    SENDER_E164,
     FakeServer,
     FakeTwilioServer,
     FastHandler,
@@ -71,6 +67,7 @@ from bench.common import (
     verdict,
     warmup_calls,
 )
+from tests.data import DEFINITION_ID, RECIPIENT, SENDER, SENDER_E164
 
 TARGET = 1.3
 PER = 1_000

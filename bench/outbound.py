@@ -42,8 +42,8 @@ from bench.common import (
     app_functions,
     channel_env,
     fake_twilio,
-    http_request,
     interleave,
+    outbound_caller,
     payload_body,
     quiet_logging,
     twilio_form,
@@ -88,24 +88,10 @@ def measure_warm(
     reset_runtime()
     outbound = app_functions()["outbound"]
 
-    # Requests are built beforehand: the host builds them, the figure is about our code.
-    pending = [
-        http_request(payload_body(str(uuid.uuid4())))
-        for _ in range(warmup_calls(iterations) + iterations)
-    ]
+    call_outbound = outbound_caller(outbound, warmup_calls(iterations) + iterations)
     session = requests.Session()
     form = twilio_form(str(uuid.uuid4()))
     auth = (ACCOUNT_SID, AUTH_TOKEN)
-
-    def call_outbound() -> float:
-        request = pending.pop()
-        start = time.perf_counter()
-        response = outbound(request)
-        elapsed = time.perf_counter() - start
-        answer = json.loads(response.get_body())
-        assert response.status_code == 200, response.get_body()
-        assert answer["Status"] == "Sent", answer
-        return elapsed
 
     def call_bare() -> float:
         start = time.perf_counter()

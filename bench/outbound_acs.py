@@ -34,23 +34,20 @@ from bench.common import (
     BLOCK,
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
-    RECIPIENT,
-    SENDER_E164,
-    TEXT,
     FakeServer,
     FastHandler,
     Stats,
     app_functions,
     channel_env,
-    http_request,
     interleave,
-    payload_body,
+    outbound_caller,
     quiet_logging,
     serving,
     use_env,
     verdict,
     warmup_calls,
 )
+from tests.data import RECIPIENT, SENDER_E164, TEXT
 
 WARM_TARGET = 1.3
 ACCESS_KEY = base64.b64encode(b"bench-acs-access-key-0001").decode()
@@ -133,23 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         use_env(acs_env(server.endpoint, str(Path(tmp) / "warm.sqlite3")))
         reset_runtime()
         outbound = app_functions()["outbound"]
-        pending = [
-            http_request(payload_body(str(uuid.uuid4())))
-            for _ in range(warmup_calls(options.iterations) + options.iterations)
-        ]
+        calls = warmup_calls(options.iterations) + options.iterations
+        call_outbound = outbound_caller(outbound, calls)
         session = requests.Session()
         url = server.endpoint + API_PATH
         body, headers = bare_request(server.endpoint)
-
-        def call_outbound() -> float:
-            request = pending.pop()
-            start = time.perf_counter()
-            response = outbound(request)
-            elapsed = time.perf_counter() - start
-            answer = json.loads(response.get_body())
-            assert response.status_code == 200, response.get_body()
-            assert answer["Status"] == "Sent", answer
-            return elapsed
 
         def call_bare() -> float:
             start = time.perf_counter()
