@@ -1,14 +1,20 @@
 # Two commands: `make run` (the app on 127.0.0.1:7071, zero configuration) and
-# `make test` (linters, types and the whole suite). Both set up .venv themselves.
+# `make test` (linters, types and the whole suite). Both set up the virtualenv themselves.
+# Another Python: `make test PYTHON=python3.13 VENV=.venv-3.13`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Azurite, the Table Storage emulator: the Table ledger tests start it from node_modules.
 AZURITE_VERSION := 3.35.0
+# The Python versions Azure Functions runs and this app supports.
+SUPPORTED := (3, 11) <= sys.version_info[:2] <= (3, 13)
 
-.PHONY: run test bench clean azurite
+.PHONY: run test bench clean azurite python-check
 
-$(VENV)/.runtime: requirements.txt
+python-check:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if $(SUPPORTED) else "Python %d.%d is not supported: use Python 3.11, 3.12 or 3.13 (make ... PYTHON=python3.12)" % sys.version_info[:2])'
+
+$(VENV)/.runtime: requirements.txt | python-check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
@@ -37,10 +43,13 @@ test: $(VENV)/.dev azurite
 	$(PY) -m mypy
 	$(PY) -m pytest
 
+# Every figure, then exit 1 if any missed its target.
 bench: $(VENV)/.dev
-	$(PY) -m bench.outbound --table
-	$(PY) -m bench.delivery_report
-	$(PY) -m bench.outbound_acs
+	@status=0; \
+	$(PY) -m bench.outbound --table || status=1; \
+	$(PY) -m bench.delivery_report || status=1; \
+	$(PY) -m bench.outbound_acs || status=1; \
+	exit $$status
 
 clean:
-	rm -rf $(VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules
+	rm -rf $(VENV) .venv-3.* .channel .pytest_cache .mypy_cache .ruff_cache node_modules

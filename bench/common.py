@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -312,3 +313,12 @@ def quiet_logging() -> None:
     """Log at WARNING: the app's INFO lines would be part of what is measured."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
+
+
+def missed(*figures: tuple[str, float, float]) -> int:
+    """Exit status for ``(name, ratio, target)`` figures: 1, naming them, when any missed."""
+    misses = [f"{name} {ratio:.2f} > {target}" for name, ratio, target in figures if ratio > target]
+    if misses:
+        print("MISSED: " + "; ".join(misses), file=sys.stderr)
+        return 1
+    return 0
