@@ -22,6 +22,8 @@ for 5 minutes after its first-sent time: the new attempt must come well within t
 TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
 _TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+_HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")  # a name, an IPv4 or a bare IPv6 address
+_CONNECTION_STRING = re.compile(r"(?i)(accesskey|accountkey|sharedaccess|endpoint)\s*=|;")
 
 
 def _clean(value: str | None) -> str | None:
@@ -145,7 +147,7 @@ class _SettingsReader:
         provider = raw.lower()
         if provider not in PROVIDER_IDS:
             self.problems.append(
-                f"CHANNEL_PROVIDER '{raw}' is not a known provider ({', '.join(PROVIDER_IDS)})"
+                f"CHANNEL_PROVIDER is not a known provider ({', '.join(PROVIDER_IDS)})"
             )
         return provider
 
@@ -153,9 +155,16 @@ class _SettingsReader:
         raw = self.get(name)
         if raw is None:
             return None
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            self.problems.append(f"{name} must be an absolute http(s) URL, got '{raw}'")
+        if not _is_plain_url(raw):
+            # Never quote the value: a connection string pasted here carries a key, and
+            # problems are shown by health to anyone.
+            if _CONNECTION_STRING.search(raw):
+                self.problems.append(
+                    f"{name} looks like a connection string; use the endpoint URL "
+                    "(https://...) and keep keys in their own settings"
+                )
+            else:
+                self.problems.append(f"{name} must be an absolute http(s) URL")
             return None
         return raw.rstrip("/")
 
@@ -182,14 +191,21 @@ class _SettingsReader:
         try:
             uuid.UUID(raw)
         except ValueError:
-            self.problems.append(f"{name} must be a GUID, got '{raw}'")
+            self.problems.append(f"{name} must be a GUID")
             return None
         return raw
 
     def _region(self) -> str:
+        from channel.phone import is_known_region  # phonenumbers: only when settings are read
+
         raw = (self.get("CHANNEL_DEFAULT_REGION") or "US").upper()
-        if not re.fullmatch(r"[A-Z]{2}", raw):
-            self.problems.append(f"CHANNEL_DEFAULT_REGION must be a two-letter region, got '{raw}'")
+        # A well-formed but unknown code (UK for GB) would make every national number
+        # NotSent while all looks fine: check it against libphonenumber's regions.
+        if not re.fullmatch(r"[A-Z]{2}", raw) or not is_known_region(raw):
+            self.problems.append(
+                "CHANNEL_DEFAULT_REGION must be an ISO 3166-1 region that has phone numbers "
+                "(e.g. US, GB, DE)"
+            )
             return "US"
         return raw
 
@@ -223,7 +239,7 @@ class _SettingsReader:
                     "TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex"
                 )
         elif s.provider == "acs":
-            if s.acs_endpoint is None:
+            if self.get("ACS_ENDPOINT") is None:  # a malformed one is a problem already
                 self.problems.append("ACS_ENDPOINT is not set (provider acs)")
             if s.acs_access_key is not None and not _is_base64(s.acs_access_key):
                 self.problems.append(
@@ -255,3 +271,19 @@ def _is_base64(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_plain_url(raw: str) -> bool:
+    """An absolute http(s) URL with a host name and no credentials in it."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and parts.hostname is not None
+        and _HOST.fullmatch(parts.hostname) is not None
+        and parts.username is None
+        and port != 0
+    )

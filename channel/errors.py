@@ -139,13 +139,23 @@ class NotConfigured(ServiceUnavailable):
     title = "Channel not configured"
     slug = "not-configured"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems), retry_after=60)
+    def __init__(self, problems: list[str], *, listed: bool = True) -> None:
+        detail = (
+            "; ".join(problems)
+            if listed
+            else "the channel is not configured to take this call; see GET /api/health"
+        )
+        super().__init__(detail, retry_after=60)
         self.problems = problems
+        self.listed = listed
 
     def extensions(self) -> dict[str, object]:
-        """List every configuration problem, in plain words."""
-        return {"problems": self.problems}
+        """List every configuration problem, in plain words (unless withheld)."""
+        return {"problems": self.problems} if self.listed else {}
+
+    def for_anonymous_caller(self) -> NotConfigured:
+        """The same 503 without the problems: for callers not authenticated yet."""
+        return NotConfigured(self.problems, listed=False)
 
 
 class ProviderUnavailable(ServiceUnavailable):

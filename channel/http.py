@@ -13,7 +13,7 @@ import azure.functions as func
 from channel.budget import Budget
 from channel.config import MAX_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, Settings
 from channel.envelope import read_outbound
-from channel.errors import ChannelError, PayloadTooLarge
+from channel.errors import ChannelError, NotConfigured, PayloadTooLarge
 from channel.logs import log_unexpected
 from channel.providers.base import Webhook, WebhookAdapter, WebhookReply
 from channel.runtime import Runtime, get_runtime
@@ -101,8 +101,14 @@ def _webhook_call(
 ) -> func.HttpResponse:
     """Run one webhook use case with the provider's adapter; the adapter verifies first."""
     runtime = get_runtime()
-    adapter = runtime.webhooks(_provider_id(req))
-    handle = use_case(runtime.webhook_service)
+    try:
+        adapter = runtime.webhooks(_provider_id(req))
+        handle = use_case(runtime.webhook_service)
+    except NotConfigured as exc:
+        # The caller is not authenticated yet: which setting is missing is for the
+        # operator (health, the log), not for whoever posts to a public route.
+        log.warning("webhook refused, the channel is not configured: %s", exc.detail)
+        raise exc.for_anonymous_caller() from None
     reply = handle(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
     return func.HttpResponse(
         reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
@@ -115,7 +121,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     runtime = get_runtime()
     report = health_report(runtime.settings)
     if not runtime.settings.problems:
-        report["forwarding"] = _forwarding_health(runtime)
+        forwarding = _forwarding_health(runtime)
+        report["forwarding"] = forwarding
+        if "error" in forwarding:  # a ledger that cannot be read: nothing can be sent
+            report["status"] = "unavailable"
+            report["problems"] = [forwarding["error"]]
     return func.HttpResponse(
         json.dumps(report),
         status_code=200 if report["status"] == "ok" else 503,
@@ -144,8 +154,11 @@ def _forwarding_health(runtime: Runtime) -> dict[str, object]:
     try:
         stats = runtime.outbox.stats()
     except Exception as exc:  # health must answer even when the ledger does not
-        log.warning("health could not read the outbox: %s", type(exc).__name__)
-        return {"error": f"the message ledger could not be read ({type(exc).__name__})"}
+        log.warning("health could not read the message ledger: %s", type(exc).__name__)
+        return {
+            "error": f"the message ledger ({runtime.settings.ledger_kind}) could not be read "
+            f"({type(exc).__name__}); check CHANNEL_STORAGE_* or the ledger file"
+        }
     return {
         "pending": stats.pending,
         "dead": stats.dead,

@@ -50,3 +50,8 @@ def _parse(text: str, region: str | None) -> str | None:
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_known_region(region: str) -> bool:
+    """True for a region code libphonenumber has numbering rules for (``GB``, not ``UK``)."""
+    return region in phonenumbers.SUPPORTED_REGIONS

@@ -132,8 +132,14 @@ class Runtime:
                         account_url=settings.storage_url,
                         credential=self.tokens.credential,
                     )
-            except ValueError as exc:  # a malformed connection string or table name
-                raise NotConfigured([f"CHANNEL_STORAGE_*: {exc}"]) from None
+            except ValueError:  # a malformed connection string or table name
+                # Not the library's message: it may quote the connection string's key.
+                raise NotConfigured(
+                    [
+                        "CHANNEL_STORAGE_CONNECTION is not a valid connection string, or "
+                        "CHANNEL_STORAGE_TABLE not a valid table name (3-63 letters and digits)"
+                    ]
+                ) from None
         # --- end of the Table Storage ledger ---
         else:
             from channel.ledger.embedded import EmbeddedStore

@@ -51,7 +51,7 @@ def test_every_problem_is_listed_not_just_the_first() -> None:
 def test_unknown_provider_is_a_problem() -> None:
     settings = Settings.from_env({"CHANNEL_PROVIDER": "carrier-pigeon"})
     assert settings.problems == (
-        "CHANNEL_PROVIDER 'carrier-pigeon' is not a known provider (loopback, twilio, acs)",
+        "CHANNEL_PROVIDER is not a known provider (loopback, twilio, acs)",
     )
 
 
@@ -122,3 +122,39 @@ def test_acs_settings_are_checked() -> None:
     assert Settings.from_env({"CHANNEL_PROVIDER": "acs"}).problems == (
         "ACS_ENDPOINT is not set (provider acs)",
     )
+
+
+@pytest.mark.parametrize("region", ["UK", "XX", "EU"])
+def test_a_region_without_phone_numbers_is_a_problem(region: str) -> None:
+    # UK is two letters but not an ISO region (GB is): every national number would fail.
+    settings = Settings.from_env({"CHANNEL_DEFAULT_REGION": region})
+    assert settings.problems == (
+        "CHANNEL_DEFAULT_REGION must be an ISO 3166-1 region that has phone numbers "
+        "(e.g. US, GB, DE)",
+    )
+
+
+def test_regions_are_read_in_any_case() -> None:
+    assert Settings.from_env({"CHANNEL_DEFAULT_REGION": "gb"}).default_region == "GB"
+
+
+@pytest.mark.parametrize(
+    "name", ["ACS_ENDPOINT", "DATAVERSE_URL", "CHANNEL_PUBLIC_URL", "CHANNEL_STORAGE_URL"]
+)
+def test_problems_name_the_setting_and_never_quote_its_value(name: str) -> None:
+    value = "endpoint=https://x.example/;accesskey=S3cretValueForTests=="
+    settings = Settings.from_env({"CHANNEL_PROVIDER": "acs", name: value})
+    joined = " | ".join(settings.problems + settings.notes)
+    assert f"{name} looks like a connection string" in joined
+    assert "S3cretValueForTests" not in joined
+    assert "accesskey" not in joined.lower()
+
+
+def test_a_malformed_value_is_named_not_quoted() -> None:
+    settings = Settings.from_env(
+        {"CHANNEL_PROVIDER": "carrier-pigeon-42", "CHANNEL_DEFINITION_ID": "guid-ish-42"}
+    )
+    joined = " | ".join(settings.problems)
+    assert "CHANNEL_PROVIDER is not a known provider" in joined
+    assert "CHANNEL_DEFINITION_ID must be a GUID" in joined
+    assert "42" not in joined

@@ -105,21 +105,82 @@ def test_webhooks_of_providers_without_webhooks_are_501(call: Call) -> None:
         assert response.mimetype == "application/problem+json"
 
 
-def test_acs_webhooks_without_a_secret_are_503(call: Call) -> None:
+def test_acs_webhooks_without_a_secret_are_a_plain_503(call: Call) -> None:
     for name in ("delivery_report", "inbound"):
         response = call(name, b"", route_params={"provider": "acs"})
         assert response.status_code == 503
-        problems = answer_json(response)["problems"]
-        assert any("CHANNEL_WEBHOOK_SECRET is not set" in problem for problem in problems)
+        problem = answer_json(response)
+        # The caller is anonymous: which setting is missing is for health and the log.
+        assert "problems" not in problem
+        assert "CHANNEL_WEBHOOK_SECRET" not in response.get_body().decode()
+        assert problem["title"] == "Channel not configured"
 
 
-def test_twilio_webhooks_without_their_settings_are_503(call: Call) -> None:
+def test_twilio_webhooks_without_their_settings_are_a_plain_503(
+    call: Call, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in ("delivery_report", "inbound"):
         response = call(name, b"", route_params={"provider": "twilio"})
         assert response.status_code == 503
-        problems = answer_json(response)["problems"]
-        assert "TWILIO_AUTH_TOKEN is not set: Twilio webhooks cannot be verified" in problems
-        assert "CHANNEL_PUBLIC_URL is not set: Twilio webhooks cannot be verified" in problems
+        assert response.headers["Retry-After"] == "60"
+        assert "problems" not in answer_json(response)
+        assert "TWILIO_AUTH_TOKEN" not in response.get_body().decode()
+    # The operator still learns why, from the app's own log.
+    assert any(
+        "TWILIO_AUTH_TOKEN is not set: Twilio webhooks cannot be verified" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+
+
+CONNECTION_STRING = (
+    "endpoint=https://contoso.communication.azure.com/;accesskey=c2VjcmV0LWtleS1mb3ItdGVzdHM="
+)
+
+
+def test_no_setting_value_reaches_health_or_a_webhook_answer(
+    call: Call, configure: Configure, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The ACS connection string pasted where the endpoint belongs: its key must not leak.
+    configure(
+        CHANNEL_PROVIDER="acs",
+        ACS_ENDPOINT=CONNECTION_STRING,
+        DATAVERSE_URL="https://contoso.crm.dynamics.com;password=hunter2-for-tests",
+        CHANNEL_DEFINITION_ID="not-a-guid-but-a-secret-for-tests",
+        CHANNEL_WEBHOOK_SECRET="a-secret-for-this-test-only",
+    )
+    health = call("health", method="GET")
+    assert health.status_code == 503
+    problems = answer_json(health)["problems"]
+    assert (
+        "ACS_ENDPOINT looks like a connection string; use the endpoint URL (https://...) "
+        "and keep keys in their own settings"
+    ) in problems
+    assert "DATAVERSE_URL looks like a connection string" in " ".join(problems)
+    assert "CHANNEL_DEFINITION_ID must be a GUID" in problems
+    hook = call("delivery_report", b"[]", route_params={"provider": "acs"})
+    outbound = call("outbound", payload())
+    assert hook.status_code == outbound.status_code == 503
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for answer in (health, hook, outbound):
+        text = answer.get_body().decode()
+        for secret in ("c2VjcmV0LWtleS1mb3ItdGVzdHM", "hunter2", "not-a-guid-but"):
+            assert secret not in text
+            assert secret not in logged
+
+
+def test_health_is_503_naming_the_ledger_when_it_cannot_be_read(
+    call: Call, configure: Configure, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "corrupt.sqlite3"
+    ledger.write_bytes(b"this is not an SQLite database, " * 64)
+    configure(CHANNEL_LEDGER_PATH=str(ledger))
+    response = call("health", method="GET")
+    assert response.status_code == 503
+    report = answer_json(response)
+    assert report["status"] == "unavailable"
+    (problem,) = report["problems"]
+    assert problem.startswith("the message ledger (embedded) could not be read")
 
 
 def test_unexpected_errors_become_a_plain_problem_without_internals(

@@ -12,7 +12,6 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -366,10 +365,10 @@ def test_table_at_a_closed_port_is_unavailable_at_once() -> None:
             lambda: store.delete("request:r-1", "etag"),
             lambda: list(store.scan("request")),
         ):
-            started = time.monotonic()
+            before = store.round_trips
             with pytest.raises(ServiceUnavailable, match="message ledger unavailable") as caught:
                 operation()
-            assert time.monotonic() - started < 3.0
+            assert store.round_trips - before == 1  # a refused connection is not retried
             assert caught.value.__cause__ is not None
             assert caught.value.status == 503
     finally:
@@ -387,13 +386,12 @@ def test_table_that_never_answers_times_out() -> None:
             connection_string=Azurite(port, started_here=False).connection_string,
             read_timeout=0.5,
         )
-        started = time.monotonic()
         try:
             with pytest.raises(ServiceUnavailable):
                 store.get("request:r-1")
         finally:
             store.close()
-        assert time.monotonic() - started < 3.0
+        assert store.round_trips == 1  # one read timeout, no retry that would wait again
 
 
 def test_table_retries_are_bounded_and_counted(httpserver: HTTPServer) -> None:
@@ -403,13 +401,11 @@ def test_table_retries_are_bounded_and_counted(httpserver: HTTPServer) -> None:
         table="ledger",
         connection_string=Azurite(httpserver.port, started_here=False).connection_string,
     )
-    started = time.monotonic()
     try:
         with pytest.raises(ServiceUnavailable, match="503"):
             store.get("request:r-1")
     finally:
         store.close()
-    assert time.monotonic() - started < 5.0
     assert store.round_trips == 4
     assert len(httpserver.log) == 4
 
