@@ -16,8 +16,6 @@ What it does NOT do, compared with the real host:
 - route templates support ``{name}``, ``{*rest}`` and the ``int``/``long``/``alpha``/
   ``bool``/``guid`` constraints only, and literals match case-sensitively (the host
   ignores case);
-- a known route called with the wrong method answers 405 with ``Allow`` where the host
-  answers an empty 404 (Azure/azure-functions-host#10098);
 - one process, no worker restarts or scale-out, no ``Context`` parameter.
 """
 

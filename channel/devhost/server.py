@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
@@ -110,10 +110,9 @@ class DevHost:
         adapter = self._map.bind_to_environ(request.environ)
         try:
             endpoint, route_params = adapter.match()
-        except MethodNotAllowed as exc:
-            allow = ", ".join(sorted(exc.valid_methods or ()))
-            return _empty(405, {"Allow": allow})
         except HTTPException:
+            # A known route with the wrong method too: the host answers an empty 404, not
+            # 405 (Azure/azure-functions-host#10098), and callers should see the same here.
             return _empty(404)
         route = self._routes[str(endpoint)]
         if route.keyed and not self._authorized(request):
