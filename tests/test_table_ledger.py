@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -212,3 +214,30 @@ def child() -> None:
         results = list(pool.map(post, range(CALLS_PER_PROCESS)))
     get_runtime().close()
     print(json.dumps(results), flush=True)
+
+
+def test_a_table_that_never_answers_is_503_within_the_budget(
+    call: Call, twilio: FakeTwilio, configure: Configure
+) -> None:
+    """Each try is cut to what is left of the call's budget, and none starts once it is spent."""
+    twilio.accept()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel; nobody ever reads them
+        port = silent.getsockname()[1]
+        configure(
+            CHANNEL_STORAGE_CONNECTION=Azurite(port, started_here=False).connection_string,
+            CHANNEL_TIME_BUDGET_SECONDS="1",
+        )
+        store = table_store()
+        started = time.monotonic()
+        response = call("outbound", payload())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert answer_json(response)["type"].endswith(":ledger-unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    # One try (creating the table), its read timeout cut to the budget's 1 s from the
+    # store's 5 s (see test_ledger for that decision on its own), and no retry after it.
+    assert store.round_trips == 1
+    assert elapsed < 1 + 5  # a loose bound; the decision above is what is checked
+    assert twilio.posts() == []

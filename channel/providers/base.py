@@ -78,6 +78,30 @@ class SafeToRepeat(OutcomeUnknown):
         self.retry_after = retry_after
 
 
+class Unsendable(Exception):
+    """The message could not be made into a provider request: nothing was sent.
+
+    ``field`` names the part of the message at fault (``to``, ``sender`` or ``text``),
+    or is None when the fault is not the message's (a defect of ours).
+    """
+
+    def __init__(self, detail: str, *, field: str | None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+def unsendable(sms: OutboundSms, provider: str, exc: Exception) -> Unsendable:
+    """The error for a request to ``provider`` that failed to build with ``exc``."""
+    for name in ("to", "sender", "text"):
+        try:
+            str(getattr(sms, name)).encode("utf-8")
+        except UnicodeEncodeError:
+            return Unsendable("is not valid Unicode text (a lone surrogate)", field=name)
+    return Unsendable(
+        f"the {provider} request could not be built: {type(exc).__name__}", field=None
+    )
+
+
 class ProviderMisconfigured(Exception):
     """The provider refused our credentials or account: an operator must act."""
 
@@ -88,7 +112,11 @@ class Provider(Protocol):
     id: str
 
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
-        """Submit once; return Accepted or Rejected, or raise one of the conditions above."""
+        """Submit once; return Accepted or Rejected, or raise one of the conditions above.
+
+        A request that cannot be built raises Unsendable before anything is sent, never
+        OutcomeUnknown: only what happens once the request may have left is unknown.
+        """
         ...
 
 
