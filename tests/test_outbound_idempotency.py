@@ -356,3 +356,20 @@ def test_a_locked_sqlite_ledger_answers_503_within_the_budget(
     assert twilio.posts() == []
     assert answer_json(call("outbound", payload())) == SENT  # unlocked: sent, once
     assert len(twilio.posts()) == 1
+
+
+def test_a_failure_before_the_provider_call_leaves_the_request_id_free(
+    call: Call, twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the request is not sending it: a failure there is never "may have sent"."""
+    twilio.accept()
+
+    def broken(raw: str, region: str) -> str:
+        raise RuntimeError("a defect while preparing the message")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("channel.service.sender_for_provider", broken)
+        assert problem_status(call("outbound", payload())) == 500
+    assert twilio.posts() == []
+    assert answer_json(call("outbound", payload())) == SENT  # not 503 "outcome unknown"
+    assert len(twilio.posts()) == 1

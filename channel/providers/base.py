@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from channel.budget import Budget
+from channel.errors import BadRequest
+
+MAX_ID_CHARS = 256
+"""Provider message ids (Twilio's are 34 characters, ACS's about 70) and correlations."""
 
 
 @dataclass(frozen=True)
@@ -197,3 +202,30 @@ class WebhookAdapter(Protocol):
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """The answer once the call's content is handled."""
         ...
+
+
+def webhook_field(value: str, field: str, limit: int) -> str:
+    """``value`` if it can be an id or number: BadRequest naming ``field`` otherwise.
+
+    Ids and numbers are kept in the ledger and shown in logs: no genuine one is longer
+    than ``limit`` or holds control characters, line breaks or lone surrogates.
+    """
+    if len(value) > limit:
+        raise BadRequest(field, f"is longer than {limit} characters")
+    if not value.isprintable():
+        raise BadRequest(field, "holds control characters, line breaks or lone surrogates")
+    return value
+
+
+def received_text(text: str, limit: int) -> str:
+    """A customer's text as it can be kept and forwarded.
+
+    Cut at ``limit`` characters (the provider's own maximum), any lone surrogate (not
+    valid Unicode, which no request to Dataverse can carry) replaced by U+FFFD.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", text[:limit])
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""What a str holds only when it came from an escaped lone surrogate (json.loads joins
+escaped pairs into one character)."""
