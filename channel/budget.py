@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -34,7 +35,7 @@ class Budget:
 
     def keeping(self, seconds: float) -> Budget:
         """A budget that ends ``seconds`` before this one: what is left once those are kept."""
-        shorter = Budget(0.0)
+        shorter = copy.copy(self)
         shorter.seconds = max(0.0, self.seconds - seconds)
         shorter._deadline = self._deadline - seconds
         return shorter

@@ -140,7 +140,8 @@ class OutboundService:
         while True:
             attempt += 1
             try:
-                answer = self.ledger.complete(claim, response)
+                answer = self.ledger.complete(claim, response)  # idempotent: safe to repeat
+                break
             except Exception as exc:
                 wait = backoff(attempt)
                 if attempt < MAX_ATTEMPTS and budget.allows(wait, then=STORE_WRITE_SECONDS):
@@ -168,7 +169,6 @@ class OutboundService:
                     "again)",
                     retry_after=retry_after,
                 ) from exc
-            break
         with self._unrecorded_lock:
             self._unrecorded.pop(rid, None)
         if answer.Status == "Sent":
