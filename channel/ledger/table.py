@@ -285,8 +285,9 @@ class TableStore:
 
         Cuts the try's timeouts to what is left of the call's budget, and sends no try
         once it is spent: the retry policy only bounds the connect timeout by its own
-        operation timeout, so without this a hung read or a back-off could outlast the
-        budget. Raising here (not an AzureError) ends the retries at once.
+        operation timeout, so without this a hung read could outlast the budget. Raising
+        here (not an AzureError) ends the retries at once. Only the policy's back-off
+        before a try (0.4 s, then 0.8 s) can still run past the budget.
         """
         left = time_left(math.inf)
         if left < MIN_TRY_SECONDS:
