@@ -75,7 +75,9 @@ class EmbeddedStore:
                 retry_after=RETRY_AFTER_SECONDS,
             )
         try:
-            busy_ms = max(1, int(time_left(BUSY_TIMEOUT_SECONDS) * 1000))
+            busy_ms = int(time_left(BUSY_TIMEOUT_SECONDS) * 1000)
+            # Rounded down to 100 ms, so that calls close together set it once.
+            busy_ms = busy_ms - busy_ms % 100 if busy_ms >= 100 else max(1, busy_ms)
             if busy_ms != self._busy_ms:
                 # SQLite's own wait for a lock held by another connection; no I/O.
                 self._db.execute(f"PRAGMA busy_timeout = {busy_ms}")
