@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+_active: ContextVar[Budget | None] = ContextVar("channel_budget", default=None)
+"""The budget of the call running in this context, for the ledger's stores: they sit
+below interfaces that carry no budget, and must still not outlast the call."""
 
 
 class Budget:
@@ -24,3 +32,25 @@ class Budget:
         """A requests (connect, read) timeout pair that cannot overrun the budget."""
         left = max(self.remaining(), 0.001)
         return (min(connect, left), min(read, left))
+
+    def keeping(self, seconds: float) -> Budget:
+        """A budget that ends ``seconds`` before this one: what is left once those are kept."""
+        shorter = copy.copy(self)
+        shorter.seconds = max(0.0, self.seconds - seconds)
+        shorter._deadline = self._deadline - seconds
+        return shorter
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[Budget]:
+        """Make this the budget of every ledger store call made in this context."""
+        token = _active.set(self)
+        try:
+            yield self
+        finally:
+            _active.reset(token)
+
+
+def time_left(default: float) -> float:
+    """What the applied budget leaves, at most ``default``; ``default`` when none applies."""
+    budget = _active.get()
+    return default if budget is None else min(default, budget.remaining())

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+
+from channel.phone import MAX_NUMBER_CHARS
+
+# Bounds on what the ledger keeps and the logs show: every field fits a Table Storage
+# property many times over, and nothing sizeable is parsed, hashed or cached.
+MAX_GUID_CHARS = 64
+"""A GUID in any spelling uuid accepts (braces, ``urn:uuid:``) is at most 45 characters."""
+MAX_REQUEST_ID_CHARS = 512
+MAX_PART_NAME_CHARS = 64
+MAX_TEXT_CHARS = 10_000
+"""Six times the longest concatenated SMS a provider takes (Twilio: 1,600 characters)."""
 
 
 def _guid(value: str) -> str:
@@ -18,8 +30,41 @@ def _guid(value: str) -> str:
     return value
 
 
-Guid = Annotated[StrictStr, AfterValidator(_guid)]
-NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+def _printable(value: str) -> str:
+    """Refuse control characters, line breaks and lone surrogates in names and numbers.
+
+    Such values reach the log (a RequestId with a newline would forge a log line) and
+    the providers; no real RequestId, number or sender id holds them. Spaces of any
+    kind are kept (numbers copied from elsewhere carry no-break spaces).
+    """
+    if not value.isprintable() and not all(
+        char.isprintable() or unicodedata.category(char) == "Zs" for char in value
+    ):
+        raise ValueError("must not contain control characters, line breaks or lone surrogates")
+    return value
+
+
+def _unicode(value: str) -> str:
+    """Refuse text that is not valid Unicode: a lone surrogate (JSON may escape one).
+
+    No provider request can carry it, so it is refused before anything is claimed.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+Guid = Annotated[StrictStr, Field(max_length=MAX_GUID_CHARS), AfterValidator(_guid)]
+Number = Annotated[
+    StrictStr, Field(min_length=1, max_length=MAX_NUMBER_CHARS), AfterValidator(_printable)
+]
+RequestIdText = Annotated[
+    StrictStr, Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS), AfterValidator(_printable)
+]
+PartName = Annotated[StrictStr, Field(max_length=MAX_PART_NAME_CHARS), AfterValidator(_printable)]
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_unicode)]
 
 
 class _Contract(BaseModel):
@@ -39,10 +84,10 @@ class OutboundPayload(_Contract):
     model_config = ConfigDict(extra="allow")
 
     ChannelDefinitionId: Guid
-    RequestId: Annotated[StrictStr, Field(min_length=1, max_length=512)]
-    From: NonEmpty
-    To: NonEmpty
-    Message: dict[StrictStr, StrictStr]
+    RequestId: RequestIdText
+    From: Number
+    To: Number
+    Message: dict[PartName, Text]
 
 
 class OutboundResponse(_Contract):

@@ -52,6 +52,8 @@ def _json(raw: bytes, field: str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(field, f"not valid JSON ({type(exc).__name__})") from None
+    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
+        raise BadRequest(field, "JSON nested too deeply") from None
 
 
 def _bad_request(exc: ValidationError, prefix: str) -> BadRequest:

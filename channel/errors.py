@@ -7,11 +7,13 @@ ChannelError                      base: carries status, title and detail
 ├── NotFound (404)                unknown provider id in a webhook route
 ├── RequestInFlight (409)         the same RequestId is being sent right now
 ├── PayloadTooLarge (413)         body over the limit
+│   └── RecordTooLarge            a ledger record that the store cannot hold
 ├── RequestConflict (422)         the same RequestId with different content
 ├── NotImplementedYet (501)       a route whose capability has not landed
 └── ServiceUnavailable (503)      try again later; carries Retry-After
     ├── NotConfigured             settings are missing or wrong; lists every problem
     ├── ProviderUnavailable       the provider provably did not take the message
+    ├── StoreUnavailable          the message ledger did not answer within the budget
     └── SendAmbiguous             the provider may have taken it; we will not re-POST blindly
 
 Every subclass maps to exactly one HTTP answer in ``channel.http``; nothing else
@@ -100,6 +102,13 @@ class PayloadTooLarge(ChannelError):
     slug = "payload-too-large"
 
 
+class RecordTooLarge(PayloadTooLarge):
+    """A ledger record over what the store holds; inputs are bounded so that none is."""
+
+    title = "Record too large"
+    slug = "record-too-large"
+
+
 class RequestConflict(ChannelError):
     """The RequestId was already used for a different message."""
 
@@ -163,6 +172,13 @@ class ProviderUnavailable(ServiceUnavailable):
 
     title = "SMS provider unavailable"
     slug = "provider-unavailable"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The message ledger could not be read or written in time (locked, unreachable)."""
+
+    title = "Message ledger unavailable"
+    slug = "ledger-unavailable"
 
 
 class SendAmbiguous(ServiceUnavailable):

@@ -31,3 +31,15 @@ def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> Non
     frames = "".join(traceback.format_tb(exc.__traceback__))
     logger.error("%s failed unexpectedly: %s\n%s", what, type(exc).__name__, frames.rstrip())
     logger.debug("%s: %s", what, exc)
+
+
+def printable(value: str, limit: int = 80) -> str:
+    """``value`` as a log line may show it: one line, control characters escaped, cut short.
+
+    For values from outside (an event type, an id) that are not checked elsewhere: a
+    newline in them must not start a forged log line.
+    """
+    shown = value[:limit]
+    if not shown.isprintable():
+        shown = shown.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return shown + ("..." if len(value) > limit else "")

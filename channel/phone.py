@@ -6,8 +6,11 @@ import functools
 
 import phonenumbers
 
+MAX_NUMBER_CHARS = 64
+"""Longer input is not a phone number (E.164 has at most 15 digits): it is not parsed,
+and not cached, so the caches stay small whatever callers send."""
 
-@functools.lru_cache(maxsize=4096)
+
 def to_e164(raw: str, default_region: str) -> str | None:
     """The number in E.164 (``+12065550100``), or None when it is not a valid number.
 
@@ -15,6 +18,13 @@ def to_e164(raw: str, default_region: str) -> str | None:
     (``12065550100``): digits-only input valid when read as international is taken
     so; anything else is read in ``default_region``.
     """
+    if len(raw) > MAX_NUMBER_CHARS:
+        return None
+    return _to_e164(raw, default_region)
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_e164(raw: str, default_region: str) -> str | None:
     text = raw.strip()
     if text.isdigit():
         number = _parse("+" + text, None)
@@ -23,13 +33,19 @@ def to_e164(raw: str, default_region: str) -> str | None:
     return _parse(text, default_region)
 
 
-@functools.lru_cache(maxsize=256)
 def sender_for_provider(raw: str, default_region: str) -> str:
     """The sender as a provider wants it: E.164 for numbers, anything else unchanged.
 
     Alphanumeric sender ids (``Contoso``) and short codes (``89898``) are not
     E.164 numbers and must reach the provider as written.
     """
+    if len(raw) > MAX_NUMBER_CHARS:
+        return raw.strip()
+    return _sender_for_provider(raw, default_region)
+
+
+@functools.lru_cache(maxsize=256)
+def _sender_for_provider(raw: str, default_region: str) -> str:
     return to_e164(raw, default_region) or raw.strip()
 
 

@@ -14,20 +14,31 @@ BASE_DELAY = 0.25
 MAX_DELAY = 4.0
 
 
+MAX_RETRY_AFTER_SECONDS = 3600.0
+"""The longest wait a ``Retry-After`` can ask of us; a larger one is read as this."""
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None.
+
+    Whatever the header holds, the answer is None or 0 to MAX_RETRY_AFTER_SECONDS: a
+    provider's odd header must never turn a provably unsent attempt into an error.
+    """
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():  # str.isdigit() alone also takes "²"
+        return (
+            MAX_RETRY_AFTER_SECONDS if len(text) > 6 else min(float(text), MAX_RETRY_AFTER_SECONDS)
+        )
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 def backoff(attempt: int) -> float:

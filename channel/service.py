@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -10,8 +11,15 @@ from typing import Literal
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import OutboundPayload, OutboundResponse
-from channel.errors import BadRequest, ProviderUnavailable, SendAmbiguous, ServiceUnavailable
-from channel.ledger import Completed, MessageLedger, fingerprint
+from channel.errors import (
+    BadRequest,
+    ProviderUnavailable,
+    RequestConflict,
+    SendAmbiguous,
+    ServiceUnavailable,
+    StoreUnavailable,
+)
+from channel.ledger import Claim, Completed, MessageLedger, fingerprint
 from channel.phone import mask, sender_for_provider, to_e164
 from channel.providers.base import (
     Accepted,
@@ -23,6 +31,7 @@ from channel.providers.base import (
     SendOutcome,
     Throttled,
     Unreachable,
+    Unsendable,
 )
 from channel.retry import MAX_ATTEMPTS, backoff
 
@@ -30,6 +39,9 @@ log = logging.getLogger(__name__)
 
 RESERVE_SECONDS = 1.0
 """Budget kept back for writing the ledger and answering after the last provider call."""
+
+STORE_WRITE_SECONDS = 0.1
+"""Budget a retry of the ledger write needs left after its back-off to be worth it."""
 
 
 class OutboundService:
@@ -47,17 +59,37 @@ class OutboundService:
         self.provider = provider
         self.ledger = ledger
         self.sleep = sleep
+        self._unrecorded: dict[str, tuple[Claim, OutboundResponse]] = {}
+        """Answers the ledger could not take, by RequestId: the next call records them."""
+        self._unrecorded_lock = threading.Lock()
 
     def send(self, payload: OutboundPayload, budget: Budget) -> OutboundResponse:
         """Answer ``payload``: the stored answer, a new submission's, or an error."""
+        with budget.applied():  # every ledger call of this one answers within it too
+            return self._send(payload, budget)
+
+    def _send(self, payload: OutboundPayload, budget: Budget) -> OutboundResponse:
         part = self.settings.message_part
         text = payload.Message.get(part)
         if text is None:
             raise BadRequest(f"Message.{part}", f"the message part '{part}' is required")
         rid = payload.RequestId
+        content = fingerprint(payload.ChannelDefinitionId, payload.From, payload.To, text)
+        unrecorded = self._unrecorded.get(rid)
+        if unrecorded is not None:
+            # The provider answered an earlier call, but the ledger did not take the
+            # answer: record that one, never submit again.
+            kept, response = unrecorded
+            if kept.record.get("content") != content:
+                raise RequestConflict(
+                    "this RequestId was already used for a different message "
+                    "(ChannelDefinitionId, From, To or text differ)"
+                )
+            log.info("request %s: recording the answer the ledger could not take before", rid)
+            return self._record(payload, kept, response, budget)
         claim = self.ledger.begin(
             rid,
-            fingerprint(payload.ChannelDefinitionId, payload.From, payload.To, text),
+            content,
             channel_definition_id=payload.ChannelDefinitionId,
             sender=payload.From,
             provider=self.provider.id,
@@ -66,7 +98,20 @@ class OutboundService:
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
             return claim.response
         try:
-            response = self._submit(payload, text, budget, claim.record.get("first_attempt_at"))
+            prepared = self._prepare(payload, text, claim.record.get("first_attempt_at"))
+        except BaseException:
+            self.ledger.release(rid)  # nothing left this process: a retry may claim again
+            raise
+        if isinstance(prepared, OutboundResponse):
+            return self._record(payload, claim, prepared, budget)
+        try:
+            response = self._submit(payload, prepared, budget)
+        except Unsendable as exc:
+            self.ledger.release(rid)  # the request was never built, so never sent
+            if exc.field is None:
+                raise
+            field = {"to": "To", "sender": "From"}.get(exc.field, f"Message.{part}")
+            raise BadRequest(field, str(exc)) from exc
         except SendAmbiguous:
             self.ledger.mark_ambiguous(rid)
             raise
@@ -77,7 +122,55 @@ class OutboundService:
             # A submission may have left (or we cannot tell): never re-POST blindly.
             self.ledger.mark_ambiguous(rid)
             raise
-        answer = self.ledger.complete(claim, response)
+        return self._record(payload, claim, response, budget)
+
+    def _record(
+        self, payload: OutboundPayload, claim: Claim, response: OutboundResponse, budget: Budget
+    ) -> OutboundResponse:
+        """Store the answer in the ledger, retrying within the budget; never drop it.
+
+        The provider has answered: a second submission must never follow. When the
+        ledger cannot take the answer in time, it is kept in this process and the call
+        answers 503; the next call with this RequestId records it and answers with it.
+        (Elsewhere the claim's lease runs out and the request waits as ambiguous for the
+        provider's status callback, as after a crash.)
+        """
+        rid = payload.RequestId
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = self.ledger.complete(claim, response)  # idempotent: safe to repeat
+                break
+            except Exception as exc:
+                wait = backoff(attempt)
+                if attempt < MAX_ATTEMPTS and budget.allows(wait, then=STORE_WRITE_SECONDS):
+                    log.warning(
+                        "request %s: the ledger did not take the answer (%s); retrying",
+                        rid,
+                        type(exc).__name__,
+                    )
+                    self.sleep(wait)
+                    continue
+                with self._unrecorded_lock:
+                    self._unrecorded[rid] = (claim, response)
+                log.error(
+                    "request %s %s (%s) but the ledger could not record it (%s); kept in "
+                    "this process until a retry records it",
+                    rid,
+                    response.Status,
+                    response.MessageId or "no message id",
+                    type(exc).__name__,
+                )
+                retry_after = exc.retry_after if isinstance(exc, ServiceUnavailable) else 5
+                raise StoreUnavailable(
+                    "the message was handled but the message ledger could not record the "
+                    "answer; retry with the same RequestId to get it (it will not be sent "
+                    "again)",
+                    retry_after=retry_after,
+                ) from exc
+        with self._unrecorded_lock:
+            self._unrecorded.pop(rid, None)
         if answer.Status == "Sent":
             self._remember_sender(payload)
         return answer
@@ -96,13 +189,10 @@ class OutboundService:
         except Exception as exc:
             log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
-    def _submit(
-        self,
-        payload: OutboundPayload,
-        text: str,
-        budget: Budget,
-        first_attempt_at: float | None = None,
-    ) -> OutboundResponse:
+    def _prepare(
+        self, payload: OutboundPayload, text: str, first_attempt_at: float | None
+    ) -> OutboundSms | OutboundResponse:
+        """The SMS for the provider, or a NotSent answer the app can give beforehand."""
         rid = payload.RequestId
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
@@ -113,7 +203,7 @@ class OutboundService:
         if not text.strip():
             log.info("request %s NotSent: the message text is empty", rid)
             return _answer(payload, "NotSent", None)
-        sms = OutboundSms(
+        return OutboundSms(
             to=to,
             sender=sender_for_provider(payload.From, self.settings.default_region),
             text=text,
@@ -122,6 +212,11 @@ class OutboundService:
             # The ledger's: the same for every attempt that may repeat an earlier one.
             first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
         )
+
+    def _submit(
+        self, payload: OutboundPayload, sms: OutboundSms, budget: Budget
+    ) -> OutboundResponse:
+        rid = payload.RequestId
         outcome = self._send_with_retries(sms, budget)
         if isinstance(outcome, Accepted):
             log.info("request %s Sent as %s", rid, outcome.message_id)
@@ -141,7 +236,8 @@ class OutboundService:
         while True:
             attempt += 1
             try:
-                return self.provider.send(sms, budget)
+                # The provider's share ends early enough to record its answer after it.
+                return self.provider.send(sms, budget.keeping(_reserve(budget)))
             except SafeToRepeat as exc:
                 # The provider executes a repeat of this exact request at most once and
                 # answers it with the first one's result: repeating is safe, and settles it.
@@ -180,6 +276,11 @@ class OutboundService:
             "again until its outcome is known",
             retry_after=max(1, int(self.ledger.grace_seconds) + 1),
         )
+
+
+def _reserve(budget: Budget) -> float:
+    """What the provider's calls leave for the ledger: a quarter of a budget under 4 s."""
+    return min(RESERVE_SECONDS, budget.seconds / 4)
 
 
 def _answer(

@@ -20,6 +20,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+import requests
 from azure.communication.sms import SmsClient
 from azure.communication.sms._shared import policy as sdk_policy
 from azure.core.credentials import AzureKeyCredential
@@ -33,7 +34,13 @@ from channel.errors import SendAmbiguous
 from channel.ledger.embedded import EmbeddedStore
 from channel.ledger.messages import Claim, MessageLedger
 from channel.providers import acs as acs_provider
-from channel.providers.base import Accepted, OutboundSms, OutcomeUnknown, SafeToRepeat
+from channel.providers.base import (
+    Accepted,
+    OutboundSms,
+    OutcomeUnknown,
+    SafeToRepeat,
+    Unsendable,
+)
 from channel.runtime import get_runtime, reset_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
@@ -637,3 +644,46 @@ def test_same_request_id_with_other_content_is_422_and_not_sent(call: Call, acs:
     assert_problem(call("outbound", payload(To=OTHER_RECIPIENT)), 422, "request-conflict")
     assert call("outbound", {"payload": json.dumps(payload())}).status_code == 200
     assert len(acs.posts) == 1
+
+
+# --- hostile text and odd answers ---------------------------------------------------------
+
+
+def test_a_request_that_cannot_be_built_is_unsendable_not_an_unknown_outcome(acs: FakeAcs) -> None:
+    provider = acs_provider.AcsProvider(
+        endpoint=acs.endpoint, session=requests.Session(), access_key=KEY
+    )
+    sms = OutboundSms(
+        to=RECIPIENT,
+        sender=SENDER_E164,
+        text="hi \ud800",
+        correlation=RID,
+        status_callback_url=None,
+    )
+    with pytest.raises(Unsendable) as caught:
+        provider.send(sms, Budget(5))
+    assert not isinstance(caught.value, OutcomeUnknown)
+    assert caught.value.field == "text"
+    assert acs.posts == []
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["\u00b2", "1" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"],
+    ids=["sup2", "400-digits", "far-date"],
+)
+def test_odd_retry_after_of_a_throttled_send_stays_provably_unsent(
+    call: Call, acs: FakeAcs, configure: Configure, retry_after: str
+) -> None:
+    configure(CHANNEL_TIME_BUDGET_SECONDS="2")
+    for _ in range(5):
+        acs.answer(
+            429, {"error": {"code": "TooManyRequests"}}, headers={"Retry-After": retry_after}
+        )
+    response = call("outbound", payload())
+    assert_problem(response, 503, "provider-unavailable")
+    assert 1 <= int(response.headers["Retry-After"]) <= 3600
+    throttled = len(acs.posts)
+    acs.script.clear()
+    assert_ok(call("outbound", payload()), sent(acs.message_id(1)))
+    assert len(acs.posts) == throttled + 1

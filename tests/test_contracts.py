@@ -103,6 +103,32 @@ def test_all_three_request_forms_parse_to_the_same_payload(body: dict[str, Any])
         (json.dumps({"payload": "{oops"}).encode(), "payload"),
         (json.dumps({"payload": 7}).encode(), "payload"),
         (json.dumps({"payload": payload(To=[])}).encode(), "payload.To"),
+        # Nested deeper than the parser goes: a 400, not a RecursionError (500).
+        (b"[" * 60_000, "body"),
+        (b'{"a":' * 60_000, "body"),
+        (json.dumps({"payload": "[" * 60_000}).encode(), "payload"),
+        # Text no provider request can carry: JSON's escaped lone surrogate.
+        (json.dumps(payload(Message={"text": "hi \ud800"})).encode(), "Message.text"),
+        # Values that would write their own lines into the log.
+        (json.dumps(payload(RequestId="r-1\nINFO forged")).encode(), "RequestId"),
+        (json.dumps(payload(RequestId="r-1\u2028forged")).encode(), "RequestId"),
+        (json.dumps(payload(RequestId="r-1\ud800")).encode(), "RequestId"),
+        (json.dumps(payload(From="Contoso\r\nforged")).encode(), "From"),
+        (json.dumps(payload(To="+14255550199\x1b[2J")).encode(), "To"),
+        (json.dumps(payload(Message={"te\nxt": "hi"})).encode(), "Message.te\nxt.[key]"),
+        # Bounded, so every record fits the ledger and nothing sizeable is parsed.
+        (json.dumps(payload(From="1" * 40_000)).encode(), "From"),
+        (json.dumps(payload(To="+1" + "4" * 63)).encode(), "To"),
+        (json.dumps(payload(RequestId="r" * 513)).encode(), "RequestId"),
+        (
+            json.dumps(payload(ChannelDefinitionId="-" * 40_000 + DEFINITION_ID)).encode(),
+            "ChannelDefinitionId",
+        ),
+        (json.dumps(payload(Message={"text": "x" * 10_001})).encode(), "Message.text"),
+        (
+            json.dumps(payload(Message={"p" * 65: "x", "text": "hi"})).encode(),
+            "Message." + "p" * 65 + ".[key]",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(body: bytes, field: str) -> None:
@@ -151,3 +177,28 @@ def test_wrapped_request_gets_wrapped_reply(call: Call, form: str) -> None:
     assert reply["ChannelDefinitionId"] == DEFINITION_ID
     assert reply["Status"] == "Sent"
     assert reply["MessageId"].startswith("LB")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        pytest.param({"Message": {"text": "line one\nline two\tend"}}, id="text-with-line-breaks"),
+        pytest.param({"Message": {"text": "x" * 10_000}}, id="longest-text"),
+        pytest.param({"To": "+1 (425)\u00a0555-0199"}, id="no-break-space"),
+        pytest.param({"RequestId": "r-\u00e9\u4e2d"}, id="non-ascii-request-id"),
+        pytest.param({"ChannelDefinitionId": "{" + DEFINITION_ID + "}"}, id="guid-in-braces"),
+    ],
+)
+def test_what_the_bounds_still_accept(override: dict[str, Any]) -> None:
+    raw = payload(**override)
+    parsed = read_outbound(json.dumps(raw).encode()).payload
+    assert parsed.model_dump(include=set(override)) == override
+
+
+def test_a_request_id_with_a_newline_is_refused_before_it_reaches_a_log(
+    call: Call, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = call("outbound", payload(RequestId="r-1\nERROR forged line"))
+    assert response.status_code == 400
+    assert answer_json(response)["field"] == "RequestId"
+    assert not [r for r in caplog.records if "forged" in r.getMessage()]

@@ -223,5 +223,5 @@ def test_an_unexpected_error_is_logged_without_its_message(
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     text = record.getMessage()
     assert "outbound failed unexpectedly: ValueError" in text
-    assert "in _submit" in text  # the stack shows where
+    assert "in _prepare" in text  # the stack shows where
     assert RECIPIENT not in text  # the autouse check also fails the test on a leak

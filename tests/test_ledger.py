@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
+from channel.budget import Budget
 from channel.contracts import OutboundResponse
-from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous, ServiceUnavailable
+from channel.errors import (
+    RecordTooLarge,
+    RequestConflict,
+    RequestInFlight,
+    SendAmbiguous,
+    ServiceUnavailable,
+    StoreUnavailable,
+)
 from channel.ledger import Claim, Completed, MessageLedger, fingerprint
 from channel.ledger.embedded import EmbeddedStore
 from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord
@@ -173,6 +182,24 @@ def test_store_keeps_keys_of_any_character_and_length(store: RecordStore) -> Non
         assert found.data == {"key": key, "v": 2}
         store.delete(key, found.etag)
         assert store.get(key) is None
+
+
+def test_store_refuses_a_record_over_the_table_limit(store: RecordStore) -> None:
+    """What Table Storage cannot hold is a clear 413 error on both backends, not a 500."""
+    with pytest.raises(RecordTooLarge, match="64 KiB") as caught:
+        store.insert("request:big", {"text": "x" * 40_000})
+    assert caught.value.status == 413
+    with pytest.raises(RecordTooLarge, match="key"):
+        store.insert("request:" + "k" * 40_000, {})
+    if isinstance(store, TableStore):
+        assert store.round_trips == 0  # refused before any call
+    etag = store.insert("request:small", {"text": "x"})
+    with pytest.raises(RecordTooLarge):
+        store.replace("request:small", {"text": "x" * 40_000}, etag)
+    assert store.get("request:big") is None
+    found = store.get("request:small")
+    assert found is not None
+    assert found.data == {"text": "x"}
 
 
 def test_first_call_claims_and_completion_is_replayed(ledger: MessageLedger) -> None:
@@ -336,12 +363,6 @@ def test_table_entity_layout(azurite: Azurite, table_store: TableStore) -> None:
     assert json.loads(entity["Data"]) == {"state": "claimed", "n": 1}
 
 
-def test_table_refuses_a_record_over_the_property_limit(table_store: TableStore) -> None:
-    with pytest.raises(ValueError, match="64 KiB"):
-        table_store.insert("request:big", {"text": "x" * 40_000})
-    assert table_store.round_trips == 0  # refused before any call
-
-
 def test_table_store_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="table name"):
         TableStore(table="no-dashes", connection_string="UseDevelopmentStorage=true")
@@ -392,6 +413,40 @@ def test_table_that_never_answers_times_out() -> None:
         finally:
             store.close()
         assert store.round_trips == 1  # one read timeout, no retry that would wait again
+
+
+def test_table_tries_are_cut_to_the_applied_budget(httpserver: HTTPServer) -> None:
+    """A service slower than the call's budget: the try ends with the budget, no retry follows.
+
+    The read takes 5 s here and the store's own read timeout is 5 s too: only the budget
+    of 1 s can end it (without it, the read succeeds after 5 s).
+    """
+    exists = {"odata.error": {"code": "TableAlreadyExists", "message": {"value": "exists"}}}
+    httpserver.expect_request("/devstoreaccount1/Tables", method="POST").respond_with_json(
+        exists, status=409
+    )
+    release = threading.Event()
+
+    def slow_read(request: Request) -> Response:
+        release.wait(5)
+        missing = {"odata.error": {"code": "ResourceNotFound", "message": {"value": "none"}}}
+        return Response(json.dumps(missing), status=404, content_type="application/json")
+
+    httpserver.expect_request(re.compile(r"/devstoreaccount1/slowledger\(.*")).respond_with_handler(
+        slow_read
+    )
+    store = TableStore(
+        table="slowledger",  # a name of its own: the process remembers tables made
+        connection_string=Azurite(httpserver.port, started_here=False).connection_string,
+        read_timeout=5.0,
+    )
+    try:
+        with Budget(1.0).applied(), pytest.raises(StoreUnavailable):
+            store.get("request:r-1")
+    finally:
+        release.set()
+        store.close()
+    assert store.round_trips == 2  # the table (409: it exists) and one read, not retried
 
 
 def test_table_retries_are_bounded_and_counted(httpserver: HTTPServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from channel import phone
 from channel.phone import mask, sender_for_provider, to_e164
 from tests.data import (
     INVALID_RECIPIENT,
@@ -52,3 +53,21 @@ def test_mask_keeps_only_the_ends() -> None:
     assert mask(RECIPIENT) == "+1******0199"
     assert mask("12345") == "*****"
     assert mask(None) == "-"
+
+
+def test_long_input_is_no_number_and_is_not_cached() -> None:
+    """The caches key on the raw input: input longer than any number never enters them."""
+    numbers, senders = phone._to_e164.cache_info(), phone._sender_for_provider.cache_info()
+    long = "1" * 10_000
+    assert to_e164(long, "US") is None
+    assert to_e164(" " * 60 + "+1" + "4" * 10, "US") is None  # 72 characters
+    assert sender_for_provider(long + " ", "US") == long
+    assert phone._to_e164.cache_info().currsize == numbers.currsize
+    assert phone._sender_for_provider.cache_info().currsize == senders.currsize
+    assert phone._to_e164.cache_info().misses == numbers.misses  # not even parsed
+
+
+def test_a_number_at_the_bound_is_still_read() -> None:
+    padded = f"{RECIPIENT:>{phone.MAX_NUMBER_CHARS}}"
+    assert len(padded) == phone.MAX_NUMBER_CHARS
+    assert to_e164(padded, "US") == RECIPIENT

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import azure.functions as func
 import pytest
+from werkzeug import Request, Response
 
 from channel.errors import NotConfigured
 from channel.ledger.table import TableStore
@@ -21,6 +24,7 @@ from tests.azurite import Azurite
 from tests.conftest import Call, Configure, answer_json
 from tests.data import DEFINITION_ID, TWILIO_SID, TWILIO_TOKEN, payload
 from tests.fakes import FakeTwilio
+from tests.relay import Relay
 
 ROOT = Path(__file__).resolve().parents[1]
 SENT = {
@@ -212,3 +216,67 @@ def child() -> None:
         results = list(pool.map(post, range(CALLS_PER_PROCESS)))
     get_runtime().close()
     print(json.dumps(results), flush=True)
+
+
+def test_a_table_that_never_answers_is_503_within_the_budget(
+    call: Call, twilio: FakeTwilio, configure: Configure
+) -> None:
+    """Each try is cut to what is left of the call's budget, and none starts once it is spent."""
+    twilio.accept()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel; nobody ever reads them
+        port = silent.getsockname()[1]
+        configure(
+            CHANNEL_STORAGE_CONNECTION=Azurite(port, started_here=False).connection_string,
+            CHANNEL_TIME_BUDGET_SECONDS="1",
+        )
+        store = table_store()
+        started = time.monotonic()
+        response = call("outbound", payload())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert answer_json(response)["type"].endswith(":ledger-unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    # One try (creating the table), its read timeout cut to the budget's 1 s from the
+    # store's 5 s (see test_ledger for that decision on its own), and no retry after it.
+    assert store.round_trips == 1
+    assert elapsed < 1 + 5  # a loose bound; the decision above is what is checked
+    assert twilio.posts() == []
+
+
+def test_table_storage_resetting_connections_after_the_provider_accepted_sends_once(
+    call: Call, twilio: FakeTwilio, configure: Configure, azurite: Azurite, table_name: str
+) -> None:
+    """The real fault: Azurite's connections reset (through a relay) while Twilio answers."""
+    relay = Relay(azurite.port)
+    configure(
+        CHANNEL_STORAGE_CONNECTION=Azurite(relay.port, started_here=False).connection_string,
+        CHANNEL_STORAGE_TABLE=table_name,
+        CHANNEL_TIME_BUDGET_SECONDS="2",
+    )
+
+    def accept_then_cut(request: Request) -> Response:
+        relay.cut()
+        return Response(json.dumps({"sid": SENT["MessageId"]}), status=201)
+
+    twilio.server.expect_request(twilio.path, method="POST").respond_with_handler(accept_then_cut)
+    try:
+        first = call("outbound", payload())
+        assert first.status_code == 503
+        assert answer_json(first)["type"].endswith(":ledger-unavailable")
+        assert call("outbound", payload()).status_code == 503  # still down: no second POST
+        relay.restore()
+        response = call("outbound", payload())
+        assert response.status_code == 200
+        assert answer_json(response) == SENT  # the first call's MessageId
+    finally:
+        relay.close()
+    assert len(twilio.posts()) == 1
+    store = TableStore(table=table_name, connection_string=azurite.connection_string)
+    try:
+        record = store.get(f"request:{SENT['RequestId']}")
+    finally:
+        store.close()
+    assert record is not None
+    assert (record.data["state"], record.data["message_id"]) == ("done", SENT["MessageId"])

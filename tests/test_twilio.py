@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import threading
 import time
@@ -12,10 +13,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import azure.functions as func
 import pytest
+import requests
 from pytest_httpserver import HTTPServer
 from twilio.rest import Client
 from werkzeug import Request
 
+from channel.budget import Budget
+from channel.contracts import OutboundPayload
+from channel.errors import BadRequest
+from channel.providers.base import OutboundSms, OutcomeUnknown, Unsendable
+from channel.providers.twilio import TwilioProvider
+from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
     DEFINITION_ID,
@@ -381,3 +389,99 @@ def test_missing_text_part_is_400_naming_it(
     assert body["field"] == "Message.text"
     assert "Message.text" in body["detail"]
     assert twilio.posts() == []
+
+
+# --- hostile text and odd answers ------------------------------------------------------
+
+
+def test_text_with_a_lone_surrogate_is_400_and_leaves_the_request_id_usable(
+    call: Call, twilio: FakeTwilio
+) -> None:
+    twilio.accept()
+    raw = json.dumps(payload(Message={"text": "hi \ud800"})).encode()  # "hi \\ud800"
+    body = assert_problem(call("outbound", raw), 400, "bad-request")
+    assert body["field"] == "Message.text"
+    assert twilio.posts() == []
+    assert_ok(call("outbound", payload()), sent(sid(1)))  # nothing was claimed or wedged
+    assert len(twilio.posts()) == 1
+
+
+def test_a_request_that_cannot_be_built_is_unsendable_not_an_unknown_outcome(
+    twilio: FakeTwilio,
+) -> None:
+    twilio.accept()
+    provider = TwilioProvider(
+        account_sid=TWILIO_SID,
+        auth_token=TWILIO_TOKEN,
+        session=requests.Session(),
+        base_url=twilio.base_url,
+    )
+    sms = OutboundSms(
+        to=RECIPIENT,
+        sender=SENDER_E164,
+        text="hi \ud800",
+        correlation=RID,
+        status_callback_url=None,
+    )
+    with pytest.raises(Unsendable) as caught:
+        provider.send(sms, Budget(5))
+    assert not isinstance(caught.value, OutcomeUnknown)
+    assert caught.value.field == "text"
+    assert twilio.posts() == []
+
+
+def test_a_request_that_fails_to_build_releases_its_claim(twilio: FakeTwilio) -> None:
+    """Past the contract's checks (here skipped on purpose), a build failure is a 400 and
+    the RequestId stays free: never marked as possibly sent."""
+    twilio.accept()
+    unchecked = OutboundPayload.model_construct(**payload(Message={"text": "hi \ud800"}))
+    with pytest.raises(BadRequest) as caught:
+        get_runtime().outbound.send(unchecked, Budget(5))
+    assert caught.value.field == "Message.text"
+    record = get_runtime().ledger.get(RID)
+    assert record is not None
+    assert record["state"] == "retryable"
+    assert twilio.posts() == []
+
+
+ODD_ANSWERS = [
+    pytest.param("\u00b2", 20429, id="retry-after-superscript-two"),
+    pytest.param("1" * 400, 20429, id="retry-after-400-digits"),
+    pytest.param("Fri, 31 Dec 9999 23:59:59 GMT", "\u00b2", id="far-date-and-code-superscript"),
+    pytest.param("-1", "1" * 400, id="negative-and-code-400-digits"),
+]
+
+
+@pytest.mark.parametrize(("retry_after", "code"), ODD_ANSWERS)
+def test_odd_throttling_answers_stay_provably_unsent(
+    call: Call, twilio: FakeTwilio, configure: Configure, retry_after: str, code: object
+) -> None:
+    configure(CHANNEL_TIME_BUDGET_SECONDS="2")
+    body = {"code": code, "message": "Too Many Requests", "status": 429}
+    twilio.always(429, body, headers={"Retry-After": retry_after})
+    response = call("outbound", payload())
+    assert_problem(response, 503, "provider-unavailable")
+    assert 1 <= int(response.headers["Retry-After"]) <= 3600
+    throttled = len(twilio.posts())
+    assert throttled >= 1
+    # Released, not ambiguous: once Twilio takes messages again, the same RequestId sends.
+    twilio.server.clear_all_handlers()
+    twilio.accept()
+    assert_ok(call("outbound", payload()), sent(sid(1)))
+    assert len(twilio.posts()) == throttled + 1
+
+
+def test_an_odd_code_in_a_rejection_is_read_defensively(call: Call, twilio: FakeTwilio) -> None:
+    twilio.answer(400, {"code": "\u00b2", "message": "The request was rejected", "status": 400})
+    assert_ok(call("outbound", payload()), not_sent())
+    assert len(twilio.posts()) == 1
+
+
+def test_an_answer_nested_too_deeply_is_read_as_no_body(call: Call, twilio: FakeTwilio) -> None:
+    deep = b"[" * 60_000
+    twilio.server.expect_ordered_request(MESSAGES_PATH, method="POST").respond_with_data(
+        deep, status=429, content_type="application/json"
+    )
+    twilio.accept()
+    assert_ok(call("outbound", payload()), sent(sid(1)))
+    assert len(twilio.posts()) == 2

@@ -551,6 +551,7 @@ def test_dataverse_down_for_inbound_answers_5xx_and_a_redelivery_delivers_once(
 
 MALFORMED: dict[str, bytes] = {
     "not-json": b"{not json",
+    "nested-too-deeply": b"[" * 60_000,
     "not-utf8": b"\xff\xfe[]",
     "scalar": b"42",
     "array-of-scalars": b"[1, 2]",
@@ -593,6 +594,41 @@ def test_a_malformed_event_does_not_cost_the_good_ones_of_its_batch(
     batch = [broken, report_event(message_id, "Delivered", RID)]
     assert_acknowledged(hook(call, "delivery_report", batch))
     assert wired.calls == [notification(message_id, "Delivered")]
+
+
+def test_lone_surrogates_in_an_event_skip_that_event_only(
+    call: Call, acs: FakeAcs, wired: FakeDataverse
+) -> None:
+    """A tag or message id that is not valid Unicode (JSON's escaped lone surrogate)."""
+    message_id = send(call)
+    bad_tag = report_event(message_id, "Delivered", "\ud800")
+    bad_id = report_event("Outgoing_\udc00", "Delivered", RID)
+    batch = [bad_tag, bad_id, report_event(message_id, "Delivered", RID)]
+    assert_acknowledged(hook(call, "delivery_report", batch))
+    assert wired.calls == [notification(message_id, "Delivered")]
+    stats = get_runtime().outbox.stats()
+    assert (stats.pending, stats.dead) == (0, 0)  # nothing left behind to fail forever
+    before = ledger_rows()
+    response = hook(call, "delivery_report", [bad_tag, bad_id])  # nothing usable: 400
+    assert response.status_code == 400
+    assert ledger_rows() == before
+    assert len(wired.calls) == 1
+
+
+def test_a_reply_is_kept_as_valid_unicode_and_within_acs_maximum(
+    call: Call, acs: FakeAcs, wired: FakeDataverse, configure: Configure
+) -> None:
+    configure(CHANNEL_DEFINITION_ID=DEFINITION_ID)
+    events = sample("eventgrid-sms-received.json")
+    events[0]["data"]["Message"] = "hi \ud800 " + "x" * 40_000
+    assert_acknowledged(hook(call, "inbound", events))
+    ((action, forwarded),) = wired.calls
+    text = forwarded["Message"]["text"]
+    assert action == INBOUND
+    assert text.startswith("hi \ufffd")
+    assert len(text) <= 2048
+    stats = get_runtime().outbox.stats()
+    assert (stats.pending, stats.dead) == (0, 0)
 
 
 # --- 7. reports that settle an outbound call ------------------------------------------------

@@ -616,6 +616,26 @@ def test_inbound_without_any_channel_definition_is_503_and_no_call(
     assert get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}") is None
 
 
+def test_a_reply_longer_than_twilio_takes_is_cut_to_its_maximum(
+    call: Call, wired: FakeDataverse, configure: Configure
+) -> None:
+    configure(CHANNEL_DEFINITION_ID=DEFINITION_ID)
+    body = REPLY_TEXT + " " + "x" * 40_000
+    assert_acknowledged(reply(call, inbound_form(INBOUND_SID, body)))
+    assert wired.calls == [(INBOUND, inbound_payload(text=body[:1600]))]
+
+
+def test_a_reply_from_a_sender_no_number_can_be_is_400_and_kept_nowhere(
+    call: Call, wired: FakeDataverse, configure: Configure
+) -> None:
+    configure(CHANNEL_DEFINITION_ID=DEFINITION_ID)
+    response = reply(call, inbound_form(INBOUND_SID, REPLY_TEXT, customer="1" * 40_000))
+    assert response.status_code == 400
+    assert answer_json(response)["field"] == "From"
+    assert wired.calls == []
+    assert get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}") is None
+
+
 @pytest.mark.parametrize("keyword", ["STOP", "START", "HELP", "stop"])
 def test_opt_out_keywords_are_forwarded_like_any_reply(
     call: Call, wired: FakeDataverse, configure: Configure, keyword: str

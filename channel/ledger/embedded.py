@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned
+from channel.budget import time_left
+from channel.errors import StoreUnavailable
+from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
+
+BUSY_TIMEOUT_SECONDS = 10.0
+"""Longest wait for another writer's lock; a call's budget cuts it to what it has left."""
+
+RETRY_AFTER_SECONDS = 2
+"""What a caller is told to wait when the file stayed locked: a local writer, soon done."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -35,9 +44,10 @@ class EmbeddedStore:
         # isolation_level=None: every statement commits on its own, which is all the
         # atomicity the conditional writes below need.
         self._db = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS
         )
         self._lock = threading.Lock()
+        self._busy_ms = int(BUSY_TIMEOUT_SECONDS * 1000)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL survives a crash of the app (what a local run
@@ -46,24 +56,57 @@ class EmbeddedStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
+    @property
+    def busy_timeout_ms(self) -> int:
+        """How long the last statement would wait for another writer's lock, in ms."""
+        return self._busy_ms
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for one statement that waits no longer than the call's budget.
+
+        A file locked by another process (or a writer of this one) that outlasts the
+        budget is StoreUnavailable, a 503 with Retry-After, never a wait past the budget.
+        """
+        wait = time_left(BUSY_TIMEOUT_SECONDS)
+        if wait <= 0 or not self._lock.acquire(timeout=wait):
+            raise StoreUnavailable(
+                "message ledger unavailable (busy within this process); retry later",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        try:
+            busy_ms = int(time_left(BUSY_TIMEOUT_SECONDS) * 1000)
+            # Rounded down to 100 ms, so that calls close together set it once.
+            busy_ms = busy_ms - busy_ms % 100 if busy_ms >= 100 else max(1, busy_ms)
+            if busy_ms != self._busy_ms:
+                # SQLite's own wait for a lock held by another connection; no I/O.
+                self._db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                self._busy_ms = busy_ms
+            yield self._db
+        except sqlite3.OperationalError as exc:
+            # Locked past the wait, or the file cannot be used at all (disk, permissions).
+            name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+            raise StoreUnavailable(
+                f"message ledger unavailable ({name}); retry later",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from exc
+        finally:
+            self._lock.release()
+
     def get(self, key: str) -> Versioned | None:
         """The record under ``key``, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT data, version FROM records WHERE key = ?", (key,)
-            ).fetchone()
+        with self._connection() as db:
+            row = db.execute("SELECT data, version FROM records WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         return Versioned(json.loads(row[0]), str(row[1]))
 
     def insert(self, key: str, data: Record) -> str:
         """Create the record; raise AlreadyExists if another writer was first."""
+        text = encode_record(key, data)
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO records (key, data, version) VALUES (?, ?, 1)",
-                    (key, json.dumps(data)),
-                )
+            with self._connection() as db:
+                db.execute("INSERT INTO records (key, data, version) VALUES (?, ?, 1)", (key, text))
         except sqlite3.IntegrityError:
             raise AlreadyExists(key) from None
         return "1"
@@ -71,10 +114,11 @@ class EmbeddedStore:
     def replace(self, key: str, data: Record, etag: str) -> str:
         """Overwrite the record if nobody changed it since ``etag`` was read."""
         version = int(etag)
-        with self._lock:
-            cursor = self._db.execute(
+        text = encode_record(key, data)
+        with self._connection() as db:
+            cursor = db.execute(
                 "UPDATE records SET data = ?, version = version + 1 WHERE key = ? AND version = ?",
-                (json.dumps(data), key, version),
+                (text, key, version),
             )
         if cursor.rowcount != 1:
             raise StaleRecord(key)
@@ -82,14 +126,13 @@ class EmbeddedStore:
 
     def delete(self, key: str, etag: str) -> None:
         """Remove the record if nobody changed it since ``etag`` was read."""
-        with self._lock:
-            cursor = self._db.execute(
+        with self._connection() as db:
+            cursor = db.execute(
                 "DELETE FROM records WHERE key = ? AND version = ?", (key, int(etag))
             )
             gone = (
                 cursor.rowcount == 1
-                or self._db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone()
-                is None
+                or db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone() is None
             )
         if not gone:
             raise StaleRecord(key)
@@ -97,8 +140,8 @@ class EmbeddedStore:
     def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
         """Every record of one kind (key prefix ``kind:``)."""
         prefix = f"{kind}:"
-        with self._lock:
-            rows = self._db.execute(
+        with self._connection() as db:
+            rows = db.execute(
                 "SELECT key, data, version FROM records WHERE substr(key, 1, ?) = ?",
                 (len(prefix), prefix),
             ).fetchall()

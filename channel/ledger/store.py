@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from channel.errors import RecordTooLarge
+
 Record = dict[str, Any]
+
+MAX_STRING_CHARS = 32 * 1024
+"""A Table Storage string property holds at most 64 KiB, i.e. 32 Ki UTF-16 code units;
+both backends keep to it, so a record the embedded store takes fits in Azure too."""
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,22 @@ class RecordStore(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def encode_record(key: str, data: Record) -> str:
+    """``data`` as the JSON text a store keeps; RecordTooLarge when it or ``key`` cannot fit."""
+    # ensure_ascii (the default) keeps the JSON to ASCII: one UTF-16 unit per character.
+    text = json.dumps(data, separators=(",", ":"))
+    kind = key.partition(":")[0] if ":" in key else "~"
+    if len(text) > MAX_STRING_CHARS:
+        raise RecordTooLarge(
+            f"a '{kind[:32]}' record is {len(text)} characters of JSON; the message ledger "
+            f"holds at most {MAX_STRING_CHARS} (64 KiB, a Table Storage property)"
+        )
+    units = len(key.encode("utf-16-le", "surrogatepass")) // 2
+    if units > MAX_STRING_CHARS:
+        raise RecordTooLarge(
+            f"a '{kind[:32]}' key is {units} UTF-16 units long; the message ledger holds "
+            f"at most {MAX_STRING_CHARS} (64 KiB, a Table Storage property)"
+        )
+    return text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -35,8 +36,9 @@ from azure.data.tables import TableServiceClient, UpdateMode
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from channel.errors import ServiceUnavailable
-from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned
+from channel.budget import time_left
+from channel.errors import StoreUnavailable
+from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -60,13 +62,15 @@ RETRY_BACKOFF_MAX_SECONDS = 2
 """No single wait between two tries is longer than this."""
 
 OPERATION_TIMEOUT_SECONDS = 10.0
-"""Bound on one call with all its retries: half the outbound time budget."""
+"""Bound on one call with all its retries: half the outbound time budget. Within a call
+that applied its budget (see channel.budget), every try is also cut to what is left of
+it, and no try starts once it is spent."""
+
+MIN_TRY_SECONDS = 0.01
+"""A try needs at least this much of the budget left to be worth sending."""
 
 POOL_SIZE = 64
 """Connections kept to the endpoint: as many as host.json lets requests run at once."""
-
-MAX_STRING_CHARS = 32 * 1024
-"""A string property holds at most 64 KiB, i.e. 32 Ki UTF-16 code units."""
 
 RETRY_AFTER_SECONDS = 10
 """What a caller is told to wait when the ledger cannot be reached."""
@@ -95,7 +99,8 @@ class TableStore:
     Build it from a connection string (``UseDevelopmentStorage=true`` for Azurite) or
     from an account URL and a credential (managed identity in Azure). The table is
     created on first use. Every call has explicit timeouts and a bounded number of
-    retries; when the service cannot be reached, ServiceUnavailable is raised.
+    retries, all within the applied budget if any (see channel.budget); when the
+    service cannot be reached in time, StoreUnavailable is raised.
     ``round_trips`` counts the HTTP requests sent (retries and query pages included).
     """
 
@@ -124,6 +129,8 @@ class TableStore:
             raise ValueError("an account URL needs a credential")
         self.table_name = table
         self.round_trips = 0
+        self._connection_timeout = connection_timeout
+        self._read_timeout = read_timeout
         self._count_lock = threading.Lock()
         self._created = False
         transport = _transport(connection_timeout, read_timeout)
@@ -138,7 +145,7 @@ class TableStore:
             "retry_backoff_factor": RETRY_BACKOFF_FACTOR,
             "retry_backoff_max": RETRY_BACKOFF_MAX_SECONDS,
             "timeout": operation_timeout,
-            "raw_request_hook": self._count,
+            "raw_request_hook": self._before_try,
             "logger": _HTTP_LOG,
             "logging_enable": False,
         }
@@ -273,8 +280,26 @@ class TableStore:
             _ready.discard(self._ident)
         self._created = False
 
-    def _count(self, request: PipelineRequest[Any]) -> None:
-        """Called by the client pipeline for every HTTP request it sends (retries too)."""
+    def _before_try(self, request: PipelineRequest[Any]) -> None:
+        """Called by the client pipeline before every HTTP request it sends (retries too).
+
+        Cuts the try's timeouts to what is left of the call's budget, and sends no try
+        once it is spent: the retry policy only bounds the connect timeout by its own
+        operation timeout, so without this a hung read could outlast the budget. Raising
+        here (not an AzureError) ends the retries at once. Only the policy's back-off
+        before a try (0.4 s, then 0.8 s) can still run past the budget.
+        """
+        left = time_left(math.inf)
+        if left < MIN_TRY_SECONDS:
+            raise StoreUnavailable(
+                "message ledger unavailable (no time left in the call's budget); retry later",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        if left != math.inf:
+            options = request.context.options
+            connect = options.get("connection_timeout") or self._connection_timeout
+            options["connection_timeout"] = min(connect, left)
+            options["read_timeout"] = min(self._read_timeout, left)
         with self._count_lock:
             self.round_trips += 1
 
@@ -323,21 +348,8 @@ def _address(key: str) -> tuple[str, str]:
 
 
 def _entity(key: str, data: Record) -> dict[str, str]:
-    """The entity that stores ``data`` under ``key``; ValueError when it cannot fit."""
-    # ensure_ascii (the default) keeps the JSON to ASCII: one UTF-16 unit per character.
-    text = json.dumps(data, separators=(",", ":"))
-    kind = _partition_kind(key)
-    if len(text) > MAX_STRING_CHARS:
-        raise ValueError(
-            f"a '{kind}' record is {len(text)} characters of JSON; a Table Storage "
-            f"string property holds at most {MAX_STRING_CHARS} (64 KiB)"
-        )
-    units = len(key.encode("utf-16-le", "surrogatepass")) // 2
-    if units > MAX_STRING_CHARS:
-        raise ValueError(
-            f"a '{kind}' key is {units} UTF-16 units long; a Table Storage string "
-            f"property holds at most {MAX_STRING_CHARS} (64 KiB)"
-        )
+    """The entity that stores ``data`` under ``key``; RecordTooLarge when it cannot fit."""
+    text = encode_record(key, data)
     partition, row = _address(key)
     return {"PartitionKey": partition, "RowKey": row, "Key": key, "Data": text}
 
@@ -346,12 +358,12 @@ def _versioned(entity: TableEntity) -> Versioned:
     return Versioned(json.loads(entity["Data"]), str(entity.metadata["etag"]))
 
 
-def _unavailable(operation: str, exc: AzureError) -> ServiceUnavailable:
+def _unavailable(operation: str, exc: AzureError) -> StoreUnavailable:
     """The error our HTTP layer answers with 503; the cause stays chained for the log."""
     cause = type(exc).__name__
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         cause += f" {exc.status_code}"
-    return ServiceUnavailable(
+    return StoreUnavailable(
         f"message ledger unavailable ({operation} failed: {cause}); retry later",
         retry_after=RETRY_AFTER_SECONDS,
     )

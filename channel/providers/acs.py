@@ -28,9 +28,12 @@ import requests
 
 from channel.budget import Budget
 from channel.config import Settings
+from channel.contracts import MAX_REQUEST_ID_CHARS
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
-from channel.phone import mask, to_e164
+from channel.logs import printable
+from channel.phone import MAX_NUMBER_CHARS, mask, to_e164
 from channel.providers.base import (
+    MAX_ID_CHARS,
     Accepted,
     DeliveryState,
     OutboundSms,
@@ -45,6 +48,9 @@ from channel.providers.base import (
     Unreachable,
     Webhook,
     WebhookReply,
+    received_text,
+    unsendable,
+    webhook_field,
 )
 from channel.retry import never_sent, parse_retry_after
 
@@ -67,6 +73,8 @@ SCOPE = "https://communication.azure.com//.default"
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10.0
 """Leaves room in the 20 s budget for one repeat after a read timeout."""
+MAX_RECEIVED_CHARS = 2048
+"""The longest SMS text ACS handles (2,048 bytes, auto-concatenated): a reply is cut there."""
 REPEATABILITY_NAMESPACE = uuid.UUID("7e65c13f-975c-4865-8225-e913449bd418")
 """Fixed namespace of the UUIDv5 repeatabilityRequestId of each RequestId. Never change it:
 a deployment with another one would not be deduped against attempts made before it."""
@@ -134,7 +142,10 @@ class AcsProvider:
 
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
         """POST the message and classify ACS's answer for our one recipient."""
-        body = self.body(sms)
+        try:
+            body = self.body(sms)
+        except Exception as exc:  # nothing was sent: never taken for an unknown outcome
+            raise unsendable(sms, "ACS", exc) from exc
         headers = self.headers(body)
         try:
             reply = self._session.post(
@@ -356,19 +367,32 @@ class AcsWebhooks:
         else:
             state = DeliveryState.PENDING
         tag = data.get("tag")
-        correlation = tag if isinstance(tag, str) and tag else None
-        return StatusReport(message_id, state, correlation, detail=status)
+        correlation = None
+        if isinstance(tag, str) and tag:
+            # Our RequestId, which never holds what webhook_field refuses.
+            correlation = webhook_field(tag, "data.tag", MAX_REQUEST_ID_CHARS)
+        return StatusReport(message_id, state, correlation, detail=printable(status))
 
     def _received(self, data: Mapping[str, Any]) -> ReceivedSms:
         message_id = _text(data, "messageId")
-        customer = _text(data, "from")
-        ours = _text(data, "to")
-        text = data.get("message")
+        customer = _text(data, "from", MAX_NUMBER_CHARS)
+        ours = _text(data, "to", MAX_NUMBER_CHARS)
+        raw = data.get("message")
+        raw = raw if isinstance(raw, str) else ""
+        text = received_text(raw, MAX_RECEIVED_CHARS)
+        if text != raw:
+            log.warning(
+                "inbound %s: text of %d characters kept as %d valid ones (ACS's maximum is %d)",
+                message_id,
+                len(raw),
+                len(text),
+                MAX_RECEIVED_CHARS,
+            )
         return ReceivedSms(
             message_id=message_id,
             customer=_e164(customer, self.default_region),
             our_number=_e164(ours, self.default_region),
-            text=text if isinstance(text, str) else "",
+            text=text,
         )
 
 
@@ -378,6 +402,8 @@ def _events(hook: Webhook) -> list[dict[str, Any]]:
         body = json.loads(hook.body)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("body", "not a JSON event or array of events") from None
+    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
+        raise BadRequest("body", "JSON nested too deeply") from None
     events = body if isinstance(body, list) else [body]
     if not all(isinstance(event, dict) for event in events):
         raise BadRequest("body", "every event must be a JSON object")
@@ -409,7 +435,7 @@ def _each_event(hook: Webhook, wanted: str, read: Callable[[Mapping[str, Any]], 
                 _ROUTE_OF[kind],
             )
         else:
-            log.info("event type %s acknowledged and ignored", kind or "(none)")
+            log.info("event type %s acknowledged and ignored", printable(kind) or "(none)")
     if malformed and not found:
         raise malformed[0]
     return found
@@ -436,16 +462,16 @@ def _data(event: Mapping[str, Any]) -> dict[str, Any]:
     return _folded(data)
 
 
-def _text(data: Mapping[str, Any], name: str) -> str:
+def _text(data: Mapping[str, Any], name: str, limit: int = MAX_ID_CHARS) -> str:
     value = data.get(name.lower())
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"data.{name}", "is required")
-    return value.strip()
+    return webhook_field(value.strip(), f"data.{name}", limit)
 
 
 def _text_or(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
-    return value if isinstance(value, str) else "-"
+    return printable(value) if isinstance(value, str) else "-"
 
 
 def _e164(number: str, region: str) -> str:

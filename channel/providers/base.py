@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from channel.budget import Budget
+from channel.errors import BadRequest
+
+MAX_ID_CHARS = 256
+"""Provider message ids (Twilio's are 34 characters, ACS's about 70) and correlations."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,30 @@ class SafeToRepeat(OutcomeUnknown):
         self.retry_after = retry_after
 
 
+class Unsendable(Exception):
+    """The message could not be made into a provider request: nothing was sent.
+
+    ``field`` names the part of the message at fault (``to``, ``sender`` or ``text``),
+    or is None when the fault is not the message's (a defect of ours).
+    """
+
+    def __init__(self, detail: str, *, field: str | None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+def unsendable(sms: OutboundSms, provider: str, exc: Exception) -> Unsendable:
+    """The error for a request to ``provider`` that failed to build with ``exc``."""
+    for name in ("to", "sender", "text"):
+        try:
+            str(getattr(sms, name)).encode("utf-8")
+        except UnicodeEncodeError:
+            return Unsendable("is not valid Unicode text (a lone surrogate)", field=name)
+    return Unsendable(
+        f"the {provider} request could not be built: {type(exc).__name__}", field=None
+    )
+
+
 class ProviderMisconfigured(Exception):
     """The provider refused our credentials or account: an operator must act."""
 
@@ -88,7 +117,11 @@ class Provider(Protocol):
     id: str
 
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
-        """Submit once; return Accepted or Rejected, or raise one of the conditions above."""
+        """Submit once; return Accepted or Rejected, or raise one of the conditions above.
+
+        A request that cannot be built raises Unsendable before anything is sent, never
+        OutcomeUnknown: only what happens once the request may have left is unknown.
+        """
         ...
 
 
@@ -169,3 +202,30 @@ class WebhookAdapter(Protocol):
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """The answer once the call's content is handled."""
         ...
+
+
+def webhook_field(value: str, field: str, limit: int) -> str:
+    """``value`` if it can be an id or number: BadRequest naming ``field`` otherwise.
+
+    Ids and numbers are kept in the ledger and shown in logs: no genuine one is longer
+    than ``limit`` or holds control characters, line breaks or lone surrogates.
+    """
+    if len(value) > limit:
+        raise BadRequest(field, f"is longer than {limit} characters")
+    if not value.isprintable():
+        raise BadRequest(field, "holds control characters, line breaks or lone surrogates")
+    return value
+
+
+def received_text(text: str, limit: int) -> str:
+    """A customer's text as it can be kept and forwarded.
+
+    Cut at ``limit`` characters (the provider's own maximum), any lone surrogate (not
+    valid Unicode, which no request to Dataverse can carry) replaced by U+FFFD.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", text[:limit])
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""What a str holds only when it came from an escaped lone surrogate (json.loads joins
+escaped pairs into one character)."""

@@ -14,8 +14,10 @@ import requests
 from channel.budget import Budget
 from channel.config import Settings
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
-from channel.phone import mask
+from channel.logs import printable
+from channel.phone import MAX_NUMBER_CHARS, mask
 from channel.providers.base import (
+    MAX_ID_CHARS,
     Accepted,
     DeliveryState,
     OutboundSms,
@@ -29,6 +31,9 @@ from channel.providers.base import (
     Unreachable,
     Webhook,
     WebhookReply,
+    received_text,
+    unsendable,
+    webhook_field,
 )
 from channel.retry import never_sent, parse_retry_after
 
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10.0
+MAX_BODY_CHARS = 1600
+"""The longest message body Twilio handles (docs: Messages resource, ``Body``): a reply's
+text is cut there, so a forged or broken one cannot outgrow the ledger."""
 CORRELATION_PARAM = "rid"
 """Query parameter of our status-callback URL that carries the RequestId (it is covered
 by Twilio's signature, so a callback's correlation cannot be forged)."""
@@ -70,9 +78,16 @@ class TwilioProvider:
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
         """POST the message once and classify Twilio's answer."""
         try:
+            # Encoded here, as requests would, so that a failure is known to come before
+            # anything was sent (a text that is not valid Unicode fails right here).
+            body = urlencode(self.form(sms)).encode("ascii")
+        except Exception as exc:
+            raise unsendable(sms, "Twilio", exc) from exc
+        try:
             reply = self._session.post(
                 self.messages_url,
-                data=self.form(sms),
+                data=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
                 auth=self._auth,
                 timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
             )
@@ -127,15 +142,17 @@ class TwilioProvider:
 def _json(reply: requests.Response) -> dict[str, Any]:
     try:
         body = reply.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return {}
     return body if isinstance(body, dict) else {}
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, int):
+    """An error code as Twilio writes it (a number, or its digits), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if isinstance(value, str) and 0 < len(value) <= 9 and value.isascii() and value.isdigit():
         return int(value)
     return None
 
@@ -220,6 +237,8 @@ class TwilioWebhooks:
         status = (_one(form, "MessageStatus") or _one(form, "SmsStatus") or "").lower()
         if not sid or not status:
             raise BadRequest("MessageSid" if not sid else "MessageStatus", "is required")
+        webhook_field(sid, "MessageSid", MAX_ID_CHARS)
+        webhook_field(status, "MessageStatus", MAX_ID_CHARS)
         query = parse_qs(urlsplit(hook.url).query)
         correlation = query.get(CORRELATION_PARAM, [None])[0]
         if status in _DELIVERED:
@@ -228,21 +247,34 @@ class TwilioWebhooks:
             state = DeliveryState.NOT_DELIVERED
         else:  # queued, accepted, scheduled, sending, sent, receiving, and any new one
             state = DeliveryState.PENDING
-        error = _one(form, "ErrorCode") or ""
+        error = printable(_one(form, "ErrorCode") or "")
         return [StatusReport(sid, state, correlation, detail=f"{status} {error}".strip())]
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """The customer's message of an inbound call."""
         form = _form(hook)
-        for field in ("MessageSid", "From", "To"):
+        for field, limit in (("MessageSid", MAX_ID_CHARS), ("From", MAX_NUMBER_CHARS)):
             if not _one(form, field):
                 raise BadRequest(field, "is required")
+            webhook_field(_one(form, field), field, limit)
+        if not _one(form, "To"):
+            raise BadRequest("To", "is required")
+        webhook_field(_one(form, "To"), "To", MAX_NUMBER_CHARS)
+        sid, body = _one(form, "MessageSid"), _one(form, "Body")
+        text = received_text(body, MAX_BODY_CHARS)
+        if text != body:
+            log.warning(
+                "inbound %s: text of %d characters cut to Twilio's maximum of %d",
+                sid,
+                len(body),
+                MAX_BODY_CHARS,
+            )
         return [
             ReceivedSms(
-                message_id=_one(form, "MessageSid"),
+                message_id=sid,
                 customer=_one(form, "From"),
                 our_number=_one(form, "To"),
-                text=_one(form, "Body"),
+                text=text,
             )
         ]
 
