@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,9 +46,18 @@ class DataverseUnavailable(ServiceUnavailable):
     title = "Dataverse unavailable"
     slug = "dataverse-unavailable"
 
-    def __init__(self, detail: str, *, retry_after: int = 30, code: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int = 30,
+        code: str | None = None,
+        maybe_received: bool = False,
+    ) -> None:
         super().__init__(detail, retry_after=retry_after)
         self.code = code
+        self.maybe_received = maybe_received
+        """The request went out and no answer came back: Dataverse may have acted on it."""
 
     @property
     def refused(self) -> bool:
@@ -179,7 +189,8 @@ class DataverseClient:
                 return None
             # The call may have been acted on: a blind retry could notify twice.
             raise DataverseUnavailable(
-                f"Dataverse did not answer ({type(exc).__name__}); not retried in this call"
+                f"Dataverse did not answer ({type(exc).__name__}); not retried in this call",
+                maybe_received=True,
             ) from None
         finally:
             self._slots.release()
@@ -233,9 +244,39 @@ def _error(reply: requests.Response, name: str) -> DataverseUnavailable:
     code = message = None
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
-    log.error("%s failed: HTTP %s, Dataverse error %s: %s", name, reply.status_code, code, message)
+    code = _printable(code)
+    # Dataverse's messages may quote the payload (a customer's number, a reply's text):
+    # the ERROR line carries the code and the privileges a message names, nothing else.
+    log.error(
+        "%s failed: HTTP %s, Dataverse error %s%s",
+        name,
+        reply.status_code,
+        code,
+        _privileges(message),
+    )
+    log.debug("%s error message: %s", name, message)
     return DataverseUnavailable(
         f"Dataverse refused {name}: HTTP {reply.status_code}, error {code or 'unknown'}",
         retry_after=60,
-        code=str(code) if code else f"HTTP {reply.status_code}",
+        code=code or f"HTTP {reply.status_code}",
     )
+
+
+_PRIVILEGE = re.compile(r"\bprv[A-Za-z0-9_]{1,100}")
+"""Dataverse names privileges ``prv<Verb><entity>`` (e.g. ``prvWritemsdyn_channeldefinition``)."""
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+
+
+def _privileges(message: object) -> str:
+    """``; missing privilege prvX, prvY`` when the message names privileges, else ``""``."""
+    if not isinstance(message, str):
+        return ""
+    named = list(dict.fromkeys(_PRIVILEGE.findall(message)))[:5]
+    return f"; privilege {', '.join(named)}" if named else ""
+
+
+def _printable(code: object) -> str | None:
+    """The error code if it looks like one (``0x80040220``), else None: it is logged."""
+    if isinstance(code, str | int) and _CODE.fullmatch(str(code)):
+        return str(code)
+    return None

@@ -8,16 +8,19 @@ from dataclasses import dataclass
 from channel.budget import Budget
 from channel.dataverse import DataverseUnavailable
 from channel.ledger.retention import sweep
-from channel.webhooks import WebhookService
+from channel.webhooks import ChannelDefinitionUnknown, WebhookService
 
 log = logging.getLogger(__name__)
 
 FORWARD_BATCH = 200
 """Items forwarded per run at most: one run must end well before the next minute."""
-RETENTION_BATCH = 500
-"""Expired records removed per run at most; a backlog drains over the next runs."""
+RETENTION_SCAN_LIMIT = 1000
+"""Ledger records retention examines per run at most (from where the last run stopped):
+about 1.4 million a day, so a backlog drains over the next runs."""
 RUN_BUDGET_SECONDS = 45.0
 """A run every minute: leave room so two runs on one instance never overlap."""
+RETENTION_BUDGET_SECONDS = 10.0
+"""Retention's share of a run (less when forwarding left less)."""
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,16 @@ class TimerRun:
     forwarded: int
     failed: int
     removed: int
+    waiting: int = 0
+    """Replies that still wait for a channel definition."""
+    scanned: int = 0
+    """Records retention examined."""
 
 
 def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
     """Forward due outbox items oldest first (bounded), then remove expired records."""
     budget = Budget(RUN_BUDGET_SECONDS)
-    forwarded = failed = 0
+    forwarded = failed = waiting = 0
     for key in service.outbox.due(FORWARD_BATCH):
         if not budget.allows(5.0):
             break
@@ -45,6 +52,9 @@ def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
         item_budget = Budget(min(budget.remaining(), service.settings.budget_seconds))
         try:
             service.forward(lease, item_budget)
+        except ChannelDefinitionUnknown:
+            waiting += 1  # kept, no call made: it waits for an operator, not for Dataverse
+            continue
         except DataverseUnavailable as exc:
             failed += 1
             if exc.refused:  # about this item (or a privilege): the others may still pass
@@ -54,16 +64,27 @@ def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
             log.warning("forward_pending stopped after %s forwarded: %s", forwarded, exc.detail)
             break
         forwarded += 1
-    cutoff = service.outbox.clock() - retention_days * 86400
-    removed = sweep(service.outbox.store, cutoff=cutoff, limit=RETENTION_BATCH)
-    if forwarded or failed or removed:
+    if waiting:
+        log.warning(
+            "forward_pending: %s replies wait for a channel definition: set "
+            "CHANNEL_DEFINITION_ID, or send from the numbers they were sent to",
+            waiting,
+        )
+    swept = sweep(
+        service.outbox.store,
+        now=service.outbox.clock(),
+        retention_days=retention_days,
+        limit=RETENTION_SCAN_LIMIT,
+        budget=Budget(min(budget.remaining(), RETENTION_BUDGET_SECONDS)),
+    )
+    if forwarded or failed or swept.removed:
         log.info(
             "forward_pending: %s forwarded, %s failed, %s expired records removed",
             forwarded,
             failed,
-            removed,
+            swept.removed,
         )
-    return TimerRun(forwarded, failed, removed)
+    return TimerRun(forwarded, failed, swept.removed, waiting=waiting, scanned=swept.scanned)
 
 
 def forward_pending() -> TimerRun | None:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 from channel.budget import Budget
-from channel.config import MAX_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, Settings
+from channel.config import MAX_BODY_BYTES, Settings
 from channel.envelope import read_outbound
-from channel.errors import ChannelError, NotConfigured, PayloadTooLarge
+from channel.errors import ChannelError, Forbidden, NotConfigured, PayloadTooLarge, Unauthorized
 from channel.logs import log_unexpected
 from channel.providers.base import Webhook, WebhookAdapter, WebhookReply
 from channel.runtime import Runtime, get_runtime
@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "urn:d365-sms-channel:problem:"
+FORWARDING_GUARANTEE = (
+    "at least once: every final report and reply is kept until Dataverse took it; one is "
+    "forwarded twice only when Dataverse acted on a call whose answer was lost (a timeout, "
+    "a process stopped mid-call), and such a repeat is logged as a possible duplicate"
+)
+"""What health says forwarding promises (Dataverse has no idempotency key)."""
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
 
 
@@ -86,17 +92,18 @@ def outbound(req: func.HttpRequest) -> func.HttpResponse:
 @answers_problems
 def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/delivery-report/{provider}: a provider's status callback."""
-    return _webhook_call(req, lambda service: service.delivery_report)
+    return _webhook_call(req, "delivery-report", lambda service: service.delivery_report)
 
 
 @answers_problems
 def inbound(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/inbound/{provider}: a customer's reply from a provider."""
-    return _webhook_call(req, lambda service: service.inbound)
+    return _webhook_call(req, "inbound", lambda service: service.inbound)
 
 
 def _webhook_call(
     req: func.HttpRequest,
+    route: str,
     use_case: Callable[[WebhookService], Callable[[WebhookAdapter, Webhook, Budget], WebhookReply]],
 ) -> func.HttpResponse:
     """Run one webhook use case with the provider's adapter; the adapter verifies first."""
@@ -109,7 +116,22 @@ def _webhook_call(
         # operator (health, the log), not for whoever posts to a public route.
         log.warning("webhook refused, the channel is not configured: %s", exc.detail)
         raise exc.for_anonymous_caller() from None
-    reply = handle(adapter, _webhook(req), Budget(runtime.settings.budget_seconds))
+    try:
+        # The provider's own size limit first: nothing of a body over it is parsed.
+        hook = _webhook(req, adapter.max_body_bytes)
+        reply = handle(adapter, hook, Budget(runtime.settings.budget_seconds))
+    except (Unauthorized, Forbidden, PayloadTooLarge) as exc:
+        # Refused webhooks leave a record of our own (a wrong CHANNEL_PUBLIC_URL makes
+        # every Twilio callback a 403): the route and the reason, which names what was
+        # wrong, never a signature, a secret or the body.
+        log.warning(
+            "webhook %s/%s refused with %s: %s",
+            route,
+            adapter.id,
+            exc.status,
+            exc.detail,
+        )
+        raise
     return func.HttpResponse(
         reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
     )
@@ -164,6 +186,9 @@ def _forwarding_health(runtime: Runtime) -> dict[str, object]:
         "dead": stats.dead,
         "oldestPendingSeconds": stats.oldest_pending_seconds,
         "oldestDeadSeconds": stats.oldest_dead_seconds,
+        "inDoubt": stats.in_doubt,
+        "waitingForChannelDefinition": stats.waiting,
+        "guarantee": FORWARDING_GUARANTEE,
     }
 
 
@@ -172,12 +197,14 @@ def _provider_id(req: func.HttpRequest) -> str:
     return provider
 
 
-def _webhook(req: func.HttpRequest) -> Webhook:
-    """The neutral view of a webhook call the provider adapters work on."""
+def _webhook(req: func.HttpRequest, limit: int) -> Webhook:
+    """The neutral view of a webhook call the provider adapters work on.
+
+    ``limit`` is the adapter's: what its provider sends at most (413 beyond it).
+    """
     return Webhook(
         method=req.method,
         url=req.url,
         headers={name.lower(): value for name, value in req.headers.items()},
-        # Event Grid delivers batches of up to 1 MB and drops an event answered 413.
-        body=body_of(req, MAX_WEBHOOK_BODY_BYTES),
+        body=body_of(req, limit),
     )

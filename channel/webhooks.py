@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class ChannelDefinitionUnknown(NotConfigured):
+    """A reply to a number with no channel definition known: kept until there is one."""
+
+
 class WebhookService:
-    """Turns verified provider webhooks into exactly one Dataverse call per message."""
+    """Turns verified provider webhooks into Dataverse calls, one per message.
+
+    At least once: an item is forwarded again only when its earlier call's answer was
+    lost, so Dataverse may have acted on it; that repeat is logged as a possible duplicate.
+    """
 
     def __init__(
         self, settings: Settings, ledger: MessageLedger, outbox: Outbox, dataverse: Dataverse
@@ -47,7 +55,10 @@ class WebhookService:
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
-        self._each(adapter.status_reports(hook), lambda report: self._report(report, budget))
+        self._each(
+            adapter.status_reports(hook),
+            lambda report: self._report(adapter.id, report, budget),
+        )
         return adapter.acknowledge(hook)
 
     def inbound(self, adapter: WebhookAdapter, hook: Webhook, budget: Budget) -> WebhookReply:
@@ -67,22 +78,46 @@ class WebhookService:
 
         Raises DataverseUnavailable when Dataverse did not take it within the budget;
         the item then stays pending (or becomes dead after too many attempts).
+        Raises ChannelDefinitionUnknown for a reply that cannot be addressed yet; it
+        stays pending, without counting an attempt, for the next timer run.
         """
+        calling = False  # whether the action call (not WhoAmI) may have gone out
         try:
+            if lease.kind == "inbound" and lease.payload.get("ChannelDefinitionId") is None:
+                lease = self._addressed(lease)
             organization = self.dataverse.organization_id(budget)
             payload: dict[str, Any] = lease.payload | {"OrganizationId": organization}
+            if lease.possible_duplicate:
+                log.warning(
+                    "%s forwarded again: an earlier call's answer was lost and Dataverse "
+                    "may have acted on it, so this may be a duplicate",
+                    lease.key,
+                )
             if lease.kind == "notification":
-                self.dataverse.notify(DeliveryNotification.model_validate(payload), budget)
+                notification = DeliveryNotification.model_validate(payload)
+                calling = True
+                self.dataverse.notify(notification, budget)
             else:
-                self.dataverse.deliver_inbound(InboundMessage.model_validate(payload), budget)
+                message = InboundMessage.model_validate(payload)
+                calling = True
+                self.dataverse.deliver_inbound(message, budget)
+        except ChannelDefinitionUnknown:
+            raise
         except Exception as exc:
             unavailable = (
                 exc
                 if isinstance(exc, DataverseUnavailable)
                 else DataverseUnavailable(f"forwarding failed: {type(exc).__name__}")
             )
+            # An unexpected failure during the call cannot say whether it went out.
+            maybe_received = calling and (
+                unavailable.maybe_received if unavailable is exc else True
+            )
             item = self.outbox.failed(
-                lease, unavailable.detail, retry_after=unavailable.retry_after
+                lease,
+                unavailable.detail,
+                retry_after=unavailable.retry_after,
+                maybe_received=maybe_received,
             )
             if item["state"] == "dead":
                 log.error(
@@ -97,7 +132,7 @@ class WebhookService:
             raise unavailable from exc
         self.outbox.forwarded(lease)
 
-    def _report(self, report: StatusReport, budget: Budget) -> None:
+    def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
         request = self.ledger.get(rid) if rid is not None else None
         if rid is None or request is None:
@@ -105,6 +140,19 @@ class WebhookService:
                 "status %s of message %s acknowledged: not a message this app sent",
                 report.state.value,
                 report.message_id,
+            )
+            return
+        sent_through = request.get("provider")
+        if sent_through is not None and sent_through != provider:
+            # A genuine call of one provider naming a message sent through another: its
+            # status says nothing about that message (a reused tag, a misrouted
+            # subscription, a replay across accounts). It neither settles nor reports it.
+            log.warning(
+                "a %s status report names request %s, which was sent through %s: "
+                "acknowledged and ignored",
+                provider,
+                rid,
+                sent_through,
             )
             return
         if request["state"] != "done":
@@ -134,30 +182,49 @@ class WebhookService:
         self.forward(lease, budget)
 
     def _receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
-        learned = self.ledger.sender(sms.our_number)
-        definition = learned["channel_definition_id"] if learned else self.settings.definition_id
-        if definition is None:
-            raise NotConfigured(
-                [
-                    f"an inbound message to {mask(sms.our_number)} has no channel "
-                    "definition: set CHANNEL_DEFINITION_ID or send from that number first"
-                ]
-            )
-        lease = self.outbox.put(
-            f"inbound:{provider}:{sms.message_id}",
-            "inbound",
+        # Kept even when no channel definition is known yet (ChannelDefinitionId null,
+        # To our number in E.164): forward() addresses it once one is.
+        payload = self._address(
             {
-                "ChannelDefinitionId": definition,
-                "To": learned["from"] if learned else sms.our_number,
+                "ChannelDefinitionId": None,
+                "To": sms.our_number,
                 "From": sms.customer,
                 "Message": {self.settings.message_part: sms.text},
-            },
+            }
         )
+        lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", "inbound", payload)
         if lease is None:
             log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
             return
         log.info("inbound %s from %s", sms.message_id, mask(sms.customer))
         self.forward(lease, budget)
+
+    def _address(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The reply's payload with its channel definition and our number's Dataverse form.
+
+        Both are learned from outbound sends from that number, else the definition is
+        CHANNEL_DEFINITION_ID and the number stays E.164; None stays when neither is known.
+        """
+        learned = self.ledger.sender(payload["To"])
+        if learned is not None:
+            return payload | {
+                "ChannelDefinitionId": learned["channel_definition_id"],
+                "To": learned["from"],
+            }
+        return payload | {"ChannelDefinitionId": self.settings.definition_id}
+
+    def _addressed(self, lease: Lease) -> Lease:
+        """``lease`` with its reply addressed now, or ChannelDefinitionUnknown (kept)."""
+        payload = self._address(lease.payload)
+        if payload["ChannelDefinitionId"] is not None:
+            return lease.with_payload(payload)
+        problem = (
+            f"a reply to {mask(payload['To'])} has no channel definition: it is kept and "
+            "forwarded once CHANNEL_DEFINITION_ID is set or that number has sent a message"
+        )
+        self.outbox.waiting(lease, "channel definition")
+        log.info("%s waits for a channel definition", lease.key)
+        raise ChannelDefinitionUnknown([problem])
 
     @staticmethod
     def _each(items: list[T], handle: Callable[[T], None]) -> None:

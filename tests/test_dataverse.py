@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import DataverseClient, DataverseUnavailable
 from channel.identity import TokenSource
-from tests.data import DEFINITION_ID, RECIPIENT, SENDER, TEXT
+from tests.data import DEFINITION_ID, RECIPIENT, REPLY_TEXT, SENDER, TEXT
 from tests.fakes import ORGANIZATION_ID, FakeDataverse, FakeIdentity
 
 
@@ -145,6 +146,28 @@ def test_dataverse_errors_name_the_code(client: DataverseClient, dataverse: Fake
     assert "0x80040220" in caught.value.detail
     posts = [r for r, _ in dataverse.server.log if r.method == "POST"]
     assert len(posts) == 1
+
+
+def test_dataverse_error_messages_are_logged_as_their_code_not_their_text(
+    client: DataverseClient, dataverse: FakeDataverse, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Dataverse's messages may quote what it was given: a customer's number, a reply.
+    message = (
+        f"Principal user is missing prvCreatemsdyn_inbound privilege; "
+        f"cannot create the message '{REPLY_TEXT}' from {RECIPIENT}"
+    )
+    error = {"error": {"code": "0x80040220", "message": message}}
+    dataverse.script.append(Response(json.dumps(error), status=403))
+    with pytest.raises(DataverseUnavailable):
+        client.notify(notification(), Budget(5))
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    text = logged.getMessage()
+    assert "HTTP 403" in text
+    assert "0x80040220" in text
+    assert "prvCreatemsdyn_inbound" in text  # what an operator must grant
+    # (the autouse check also fails the test if the number or the text is logged)
+    assert REPLY_TEXT not in text
+    assert RECIPIENT not in text
 
 
 def test_unreachable_dataverse_is_retried_then_reported(identity: FakeIdentity) -> None:

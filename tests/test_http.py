@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from tests.conftest import Call, Configure, answer_json
-from tests.data import RECIPIENT, TWILIO_TOKEN, payload
+from tests.data import RECIPIENT, TWILIO_TOKEN, WEBHOOK_SECRET, payload
+from tests.fakes import FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,3 +227,66 @@ def test_an_unexpected_error_is_logged_without_its_message(
     assert "outbound failed unexpectedly: ValueError" in text
     assert "in _prepare" in text  # the stack shows where
     assert RECIPIENT not in text  # the autouse check also fails the test on a leak
+
+
+# --- refused webhooks leave a record of our own ---------------------------------------------
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "channel.http" and r.levelno == logging.WARNING and "refused" in r.getMessage()
+    ]
+
+
+def test_each_refused_twilio_webhook_is_logged_once_with_its_route_and_reason(
+    call: Call, twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
+    form = [("MessageSid", "SM" + "ab" * 16), ("MessageStatus", "delivered")]
+    forged = "Zm9yZ2VkLXNpZ25hdHVyZS0wMDE="
+    cases = [
+        ("inbound", None, urlencode(form).encode(), 401, "X-Twilio-Signature header is missing"),
+        ("delivery_report", forged, urlencode(form).encode(), 403, "does not match"),
+        ("inbound", forged, b"x" * (100 * 1024), 413, "the limit is 65536"),
+    ]
+    for name, signature, body, status, reason in cases:
+        caplog.clear()
+        headers = {"content-type": "application/x-www-form-urlencoded"}
+        if signature is not None:
+            headers["X-Twilio-Signature"] = signature
+        route = "inbound" if name == "inbound" else "delivery-report"
+        response = call(
+            name, body, route_params={"provider": "twilio"}, headers=headers, path=f"{route}/twilio"
+        )
+        assert response.status_code == status
+        (record,) = refusals(caplog)
+        text = record.getMessage()
+        assert f"webhook {route}/twilio refused with {status}" in text
+        assert reason in text
+        assert forged not in text
+        assert TWILIO_TOKEN not in text
+        assert "xxxx" not in text  # nothing of the body
+        assert "MessageSid" not in text
+
+
+def test_each_refused_acs_webhook_is_logged_once_without_the_secret(
+    call: Call, configure: Configure, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(CHANNEL_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    wrong = "a-wrong-secret-guessed-by-someone"
+    for query, status in [("", 401), (f"?secret={wrong}", 403)]:
+        caplog.clear()
+        response = call(
+            "inbound",
+            b"[]",
+            route_params={"provider": "acs"},
+            path=f"inbound/acs{query}",
+        )
+        assert response.status_code == status
+        (record,) = refusals(caplog)
+        text = record.getMessage()
+        assert f"webhook inbound/acs refused with {status}" in text
+        assert "secret query parameter" in text
+        assert wrong not in text
+        assert WEBHOOK_SECRET not in text

@@ -236,6 +236,9 @@ class FailingWrites:
     def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
         return self.store.scan(kind)
 
+    def scan_after(self, kind: str, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+        return self.store.scan_after(kind, after, limit)
+
     def close(self) -> None:
         self.store.close()
 

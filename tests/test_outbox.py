@@ -1,16 +1,21 @@
-"""The outbox and the forward_pending timer: kept until forwarded, forwarded once."""
+"""The outbox and retention: kept until forwarded, forwarded at least once, repeats flagged."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from channel.budget import Budget
 from channel.ledger.embedded import EmbeddedStore
 from channel.ledger.outbox import MAX_ATTEMPTS, Outbox, retry_delay
-from channel.ledger.retention import sweep
-from tests.data import DEFINITION_ID, SENDER
+from channel.ledger.retention import MARKER_RETENTION_DAYS, sweep
+from channel.ledger.store import Record, RecordStore, Versioned
+from channel.ledger.table import TableStore
+from tests.azurite import Azurite
+from tests.data import DEFINITION_ID, RECIPIENT, SENDER
 
 PAYLOAD = {
     "ChannelDefinitionId": DEFINITION_ID,
@@ -19,6 +24,7 @@ PAYLOAD = {
     "From": SENDER,
     "Status": "Delivered",
 }
+DAY = 86400.0
 
 
 class Clock:
@@ -135,7 +141,84 @@ def test_due_is_oldest_first_and_bounded(outbox: Outbox, clock: Clock) -> None:
     assert outbox.due(3) == ["inbound:twilio:SM0", "inbound:twilio:SM1", "inbound:twilio:SM2"]
 
 
-def test_retention_removes_old_records_and_keeps_young_ones(
+def test_inbound_markers_keep_no_text_and_no_customer_number(outbox: Outbox) -> None:
+    reply = {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER, "From": RECIPIENT}
+    lease = outbox.put("inbound:twilio:SM1", "inbound", reply | {"Message": {"text": "hi"}})
+    assert lease is not None
+    outbox.forwarded(lease)
+    kept = outbox.get("inbound:twilio:SM1")
+    assert kept is not None
+    assert kept["payload"] == {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER}
+
+
+# --- a call that may have reached Dataverse ------------------------------------------------
+
+
+def test_a_lease_that_ran_out_mid_call_leaves_the_item_to_the_timer_as_a_possible_duplicate(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """The process died (or gave up) with its call in flight: nobody wrote an outcome."""
+    first = outbox.put("notification:r-1", "notification", PAYLOAD)
+    assert first is not None
+    assert not first.possible_duplicate
+    clock.now += 31  # the lease ran out
+    assert outbox.claim("notification:r-1", force=True) is None  # a provider's retry waits
+    assert outbox.stats().in_doubt == 1
+    again = outbox.claim("notification:r-1")  # the timer's run
+    assert again is not None
+    assert again.possible_duplicate
+
+
+def test_a_lost_answer_waits_for_a_timer_run_and_stays_in_doubt(
+    outbox: Outbox, clock: Clock
+) -> None:
+    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    assert lease is not None
+    item = outbox.failed(lease, "read timeout", retry_after=1, maybe_received=True)
+    assert (item["in_doubt"], item["call_at"]) == (True, None)
+    assert item["next_at"] >= clock.now + 60  # no sooner than the next timer run
+    assert outbox.claim("notification:r-1", force=True) is None
+    clock.now += 61
+    again = outbox.claim("notification:r-1")
+    assert again is not None
+    assert again.possible_duplicate
+    # A refusal of the repeat does not clear the doubt about the first call.
+    item = outbox.failed(again, "Dataverse answered 503", retry_after=1)
+    assert item["in_doubt"] is True
+
+
+def test_a_refusal_before_acting_is_retried_at_once_and_not_in_doubt(
+    outbox: Outbox, clock: Clock
+) -> None:
+    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    assert lease is not None
+    outbox.failed(lease, "Dataverse answered 503", retry_after=1)
+    again = outbox.claim("notification:r-1", force=True)  # a provider's retry
+    assert again is not None
+    assert not again.possible_duplicate
+    assert outbox.stats().in_doubt == 0
+
+
+def test_an_item_waiting_for_an_operator_counts_no_attempt(outbox: Outbox, clock: Clock) -> None:
+    lease = outbox.put("inbound:twilio:SM1", "inbound", {"ChannelDefinitionId": None})
+    assert lease is not None
+    for _ in range(MAX_ATTEMPTS + 1):
+        item = outbox.waiting(lease, "channel definition")
+        assert (item["state"], item["attempts"]) == ("pending", 0)
+        assert outbox.due(10) == []
+        clock.now += 60
+        assert outbox.due(10) == ["inbound:twilio:SM1"]
+        claimed = outbox.claim("inbound:twilio:SM1")
+        assert claimed is not None
+        assert not claimed.possible_duplicate  # no call was made
+        lease = claimed
+    assert outbox.stats().waiting == 1
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def test_retention_removes_old_records_keeps_young_ones_and_markers_for_a_year(
     outbox: Outbox, store: EmbeddedStore, clock: Clock
 ) -> None:
     old = outbox.put("notification:old", "notification", PAYLOAD)
@@ -143,19 +226,110 @@ def test_retention_removes_old_records_and_keeps_young_ones(
     outbox.forwarded(old)
     store.insert("request:old", {"created_at": clock.now})
     store.insert("sender:+12065550100", {"from": SENDER})
-    clock.now += 40 * 86400
+    clock.now += 40 * DAY
     young = outbox.put("notification:young", "notification", PAYLOAD)
     assert young is not None
     outbox.forwarded(young)
     store.insert("request:young", {"created_at": clock.now})
-    removed = sweep(store, cutoff=clock.now - 30 * 86400, limit=100)
-    assert removed == 2
-    kinds = {key for kind in ("request", "forwarded", "sender") for key, _ in store.scan(kind)}
-    assert kinds == {"request:young", "forwarded:notification:young", "sender:+12065550100"}
+    swept = sweep(store, now=clock.now, retention_days=30, limit=100, budget=Budget(60))
+    assert swept.removed == 1
+    assert kinds(store) == {
+        "request:young",
+        "forwarded:notification:old",
+        "forwarded:notification:young",
+        "sender:+12065550100",
+    }
+    clock.now += MARKER_RETENTION_DAYS * DAY - 39 * DAY
+    swept = sweep(store, now=clock.now, retention_days=30, limit=100, budget=Budget(60))
+    assert swept.removed == 2
+    assert kinds(store) == {"forwarded:notification:young", "sender:+12065550100"}
 
 
-def test_retention_is_bounded_per_run(store: EmbeddedStore) -> None:
-    for index in range(7):
-        store.insert(f"request:{index}", {"created_at": 1.0})
-    assert sweep(store, cutoff=100.0, limit=5) == 5
-    assert sweep(store, cutoff=100.0, limit=5) == 2
+def kinds(store: RecordStore) -> set[str]:
+    return {key for kind in ("request", "forwarded", "sender") for key, _ in store.scan(kind)}
+
+
+class Counting:
+    """A record store that counts the records its scans read (the cost of a sweep)."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        self.kind = store.kind
+        self.read = 0
+
+    def get(self, key: str) -> Versioned | None:
+        return self.store.get(key)
+
+    def insert(self, key: str, data: Record) -> str:
+        return self.store.insert(key, data)
+
+    def replace(self, key: str, data: Record, etag: str) -> str:
+        return self.store.replace(key, data, etag)
+
+    def delete(self, key: str, etag: str) -> None:
+        self.store.delete(key, etag)
+
+    def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
+        for found in self.store.scan(kind):
+            self.read += 1
+            yield found
+
+    def scan_after(self, kind: str, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+        page = self.store.scan_after(kind, after, limit)
+        self.read += len(page)
+        return page
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture(params=["embedded", "table"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
+    """The embedded store, and the Table store on Azurite."""
+    store: RecordStore
+    if request.param == "embedded":
+        store = EmbeddedStore(tmp_path / "ledger.sqlite3")
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        table: str = request.getfixturevalue("table_name")
+        store = TableStore(table=table, connection_string=azurite.connection_string)
+    yield store
+    store.close()
+
+
+NOW = 2_000_000_000.0
+LIMIT = 10
+
+
+def test_retention_sweeps_a_large_ledger_a_bounded_slice_per_run(any_store: RecordStore) -> None:
+    """More expired records than one run may examine, among young ones: each run reads at
+    most its limit, and successive runs (each from where the last stopped) remove them all."""
+    store = Counting(any_store)
+    rng = random.Random(8)  # noqa: S311 - reproducible keys and ages, not a secret
+    expired: set[str] = set()
+    kept: set[str] = set()
+    for n in range(45):
+        kind = ("request", "outbox", "forwarded")[n % 3]
+        key = f"{kind}:{rng.getrandbits(64):016x}"
+        age = rng.choice([0.0, 40.0, MARKER_RETENTION_DAYS + 1])
+        store.insert(key, {"created_at": NOW - age * DAY, "state": "pending"})
+        limit_days = MARKER_RETENTION_DAYS if kind == "forwarded" else 30
+        (expired if age > limit_days else kept).add(key)
+    assert len(expired) > LIMIT
+    removed = 0
+    for _ in range(6):  # 45 records, 10 a run: one lap takes 5 runs
+        store.read = 0
+        swept = sweep(store, now=NOW, retention_days=30, limit=LIMIT, budget=Budget(60))
+        assert store.read == swept.scanned <= LIMIT
+        removed += swept.removed
+    left = {key for kind in ("request", "outbox", "forwarded") for key, _ in any_store.scan(kind)}
+    assert left == kept
+    assert removed == len(expired)
+
+
+def test_retention_with_no_time_left_reads_nothing(any_store: RecordStore) -> None:
+    store = Counting(any_store)
+    store.insert("request:old", {"created_at": 1.0})
+    swept = sweep(store, now=NOW, retention_days=30, limit=LIMIT, budget=Budget(0))
+    assert (swept.scanned, swept.removed, store.read) == (0, 0, 0)
+    assert store.get("request:old") is not None

@@ -59,6 +59,7 @@ class ScriptedCallbacks:
     """A provider adapter whose calls carry the reports of the script, one per call."""
 
     id = "scripted"
+    max_body_bytes = 1024
 
     def __init__(self, report: StatusReport) -> None:
         self.report = report

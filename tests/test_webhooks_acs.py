@@ -13,6 +13,7 @@ import base64
 import contextlib
 import copy
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -36,10 +37,14 @@ from tests.data import (
     REPLY_TEXT,
     SENDER,
     SENDER_E164,
+    TWILIO_TOKEN,
     WEBHOOK_SECRET,
     payload,
 )
-from tests.fakes import ORGANIZATION_ID, FakeAcs, FakeDataverse, FakeIdentity
+from tests.fakes import ORGANIZATION_ID, FakeAcs, FakeDataverse, FakeIdentity, FakeTwilio
+from tests.twilio_hooks import PUBLIC_URL, REPORT_URL, sign, status_form, webhook
+from tests.twilio_hooks import assert_acknowledged as assert_twiml
+from tests.twilio_hooks import send as twilio_send
 
 SAMPLES = Path(__file__).parent / "samples" / "acs"
 RID = payload()["RequestId"]
@@ -678,3 +683,79 @@ def test_ambiguous_send_is_settled_by_its_delivery_report(
     assert len(acs.messages) == 1
     assert dataverse.calls == [notification(acs.message_id(1), "Delivered")]
     assert dataverse.rejected == []
+
+
+# --- 8. a report naming a message sent through another provider ----------------------------
+
+
+def cross_provider_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "which was sent through" in r.getMessage()
+    ]
+
+
+def test_an_acs_report_naming_a_message_sent_through_twilio_does_not_notify(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: FakeDataverse,
+    configure: Configure,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    twilio.accept()
+    sent = twilio_send(call, twilio)  # RequestId RID, the sample's tag
+    configure(CHANNEL_WEBHOOK_SECRET=WEBHOOK_SECRET)  # a genuine Event Grid call
+    events = sample("eventgrid-sms-delivery-report.json")
+    assert events[0]["data"]["tag"] == sent.rid
+    assert_acknowledged(hook(call, "delivery_report", events))
+    assert dataverse.calls == []
+    assert get_runtime().outbox.get(f"notification:{sent.rid}") is None
+    (warning,) = cross_provider_warnings(caplog)
+    assert "acs status report names request" in warning
+    assert "through twilio" in warning
+    record = get_runtime().ledger.get(sent.rid)
+    assert record is not None
+    assert record["message_id"] == sent.sid  # not settled with ACS's id either
+
+
+def test_a_twilio_report_naming_a_message_sent_through_acs_does_not_notify(
+    call: Call,
+    acs: FakeAcs,
+    dataverse: FakeDataverse,
+    configure: Configure,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    message_id = send(call)
+    configure(TWILIO_AUTH_TOKEN=TWILIO_TOKEN, CHANNEL_PUBLIC_URL=PUBLIC_URL)
+    callback = f"{REPORT_URL}?rid={RID}"  # a genuine, signed Twilio callback
+    form = status_form("SM" + "ab" * 16, "delivered")
+    assert_twiml(webhook(call, callback, form, signature=sign(callback, form)))
+    assert dataverse.calls == []
+    (warning,) = cross_provider_warnings(caplog)
+    assert "twilio status report names request" in warning
+    assert "through acs" in warning
+    record = get_runtime().ledger.get(RID)
+    assert record is not None
+    assert record["message_id"] == message_id
+
+
+def test_an_event_grid_batch_over_64_kib_is_read(
+    call: Call, acs: FakeAcs, wired: FakeDataverse
+) -> None:
+    """Event Grid batches up to 1 MB: the route takes them (Twilio's routes stop at 64 KiB)."""
+    message_id = send(call)
+    other = {
+        "id": "e-large",
+        "topic": "/subscriptions/x",
+        "subject": "/x",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "data": {"padding": "x" * (200 * 1024)},
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+        "eventTime": "2024-06-11T09:30:21Z",
+    }
+    body = json.dumps([*sample("eventgrid-sms-delivery-report.json"), other]).encode()
+    assert len(body) > 200 * 1024
+    assert_acknowledged(hook(call, "delivery_report", body))
+    assert wired.calls == [notification(message_id, "Delivered")]

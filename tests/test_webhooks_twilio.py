@@ -28,6 +28,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug import Response
 from werkzeug.datastructures import MultiDict
 
+from channel.providers.twilio import TwilioWebhooks
 from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
@@ -605,15 +606,22 @@ def test_inbound_to_a_number_we_sent_from_uses_its_dataverse_form_and_channel(
     assert wired.calls == [(INBOUND, inbound_payload(to=SENDER, definition=OTHER_DEFINITION_ID))]
 
 
-def test_inbound_without_any_channel_definition_is_503_and_no_call(
+def test_inbound_without_any_channel_definition_is_503_kept_and_no_call(
     call: Call, wired: FakeDataverse
 ) -> None:
+    """Kept for the timer (tests/test_forwarding.py forwards it once the channel is known)."""
     response = reply(call, inbound_form(INBOUND_SID, REPLY_TEXT))
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     assert "CHANNEL_DEFINITION_ID" in answer_json(response)["detail"]
     assert wired.calls == []
-    assert get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}") is None
+    kept = get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}")
+    assert kept is not None
+    assert (kept["state"], kept["attempts"], kept["waiting_for"]) == (
+        "pending",
+        0,
+        "channel definition",
+    )
 
 
 def test_a_reply_longer_than_twilio_takes_is_cut_to_its_maximum(
@@ -707,3 +715,25 @@ def test_dev_mode_logs_reports_and_replies_masked(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert f"dev mode: {NOTIFY} for request {RID} ({sent.sid} from 12*****0100): Delivered" in lines
     assert f"dev mode: {INBOUND} from +1******0199 to 12*****0100, 1 message part(s)" in lines
+
+
+# --- body size -----------------------------------------------------------------------------
+
+
+def test_a_body_over_what_twilio_sends_is_413_unread_even_when_signed(
+    call: Call, wired: FakeDataverse, configure: Configure
+) -> None:
+    """Twilio's forms are small: a larger body is refused before it is parsed or signed."""
+    configure(CHANNEL_DEFINITION_ID=DEFINITION_ID)
+    assert TwilioWebhooks.max_body_bytes == 64 * 1024  # Event Grid's 1 MiB is for ACS only
+    form = inbound_form(INBOUND_SID, REPLY_TEXT, AddOns="x" * (100 * 1024))
+    signed = webhook(call, INBOUND_URL, form, signature=sign(INBOUND_URL, form))
+    assert signed.status_code == 413
+    forged = webhook(call, INBOUND_URL, b"x" * (1024 * 1024), signature="forged")
+    assert forged.status_code == 413
+    assert wired.calls == []
+    assert get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}") is None
+    # The same reply at a Twilio size goes through.
+    small = inbound_form(INBOUND_SID, REPLY_TEXT)
+    assert_acknowledged(webhook(call, INBOUND_URL, small, signature=sign(INBOUND_URL, small)))
+    assert wired.calls == [(INBOUND, inbound_payload())]

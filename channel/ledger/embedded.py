@@ -27,6 +27,14 @@ CREATE TABLE IF NOT EXISTS records (
 )
 """
 
+# A page of one kind: "kind:" <= key < "kind;" (';' follows ':'), one index range read.
+_PAGE_FROM_START = (
+    "SELECT key, data, version FROM records WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+)
+_PAGE_AFTER = (
+    "SELECT key, data, version FROM records WHERE key > ? AND key < ? ORDER BY key LIMIT ?"
+)
+
 
 class EmbeddedStore:
     """Records in a SQLite file, so a restarted local app remembers what it sent.
@@ -147,6 +155,13 @@ class EmbeddedStore:
             ).fetchall()
         for key, data, version in rows:
             yield key, Versioned(json.loads(data), str(version))
+
+    def scan_after(self, kind: str, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+        """Up to ``limit`` records of one kind in key order, after the key ``after``."""
+        query = _PAGE_FROM_START if after is None else _PAGE_AFTER
+        with self._lock:
+            rows = self._db.execute(query, (after or f"{kind}:", f"{kind};", limit)).fetchall()
+        return [(key, Versioned(json.loads(data), str(version))) for key, data, version in rows]
 
     def close(self) -> None:
         """Release the file."""

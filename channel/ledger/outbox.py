@@ -8,7 +8,16 @@ however many messages the ledger remembers.
 
     put --> leased --forwarded--> (marker)            the common case: three writes
               |----failed-------> pending (attempts + 1, retried from next_at)
+              |----waiting------> pending (no attempt counted; retried by the next timer run)
               '----failed, attempts >= MAX_ATTEMPTS --> dead (shown in health)
+
+At least once, not exactly once: Dataverse has no idempotency key, so a call it acted on
+whose answer was lost (a read timeout, a process killed mid-call) cannot be told from
+one it never got. Each lease records that a call is starting (``call_at``); an outcome
+written by ``failed`` or ``waiting`` clears it. An item whose call may have been received
+(the answer was lost, or the lease ran out with ``call_at`` still set) is ``in_doubt``:
+it is left to the next timer run (a provider's retry does not force it) and the forward
+that repeats it is flagged as a possible duplicate.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
@@ -57,6 +66,15 @@ class Lease:
         payload: dict[str, Any] = self.item["payload"]
         return payload
 
+    @property
+    def possible_duplicate(self) -> bool:
+        """An earlier call for this item may have reached Dataverse (its answer was lost)."""
+        return bool(self.item.get("in_doubt"))
+
+    def with_payload(self, payload: dict[str, Any]) -> Lease:
+        """The same lease carrying ``payload`` (resolved when forwarding; not stored)."""
+        return replace(self, item=self.item | {"payload": payload})
+
 
 @dataclass(frozen=True)
 class OutboxStats:
@@ -64,6 +82,10 @@ class OutboxStats:
 
     pending: int
     dead: int
+    in_doubt: int
+    """Pending items whose last call may have reached Dataverse (answer lost)."""
+    waiting: int
+    """Pending items that cannot be forwarded yet (e.g. no channel definition known)."""
     oldest_pending_seconds: float | None
     oldest_dead_seconds: float | None
 
@@ -96,6 +118,9 @@ class Outbox:
             "created_at": now,
             "next_at": now,
             "leased_until": now + self.lease_seconds,
+            # The lease is taken to call Dataverse: from here on, a call may be in flight.
+            "call_at": now,
+            "in_doubt": False,
         }
         try:
             etag = self.store.insert(_item(key), item)
@@ -111,7 +136,9 @@ class Outbox:
     def claim(self, key: str, *, force: bool = False) -> Lease | None:
         """Lease a pending item; None if it is forwarded, dead, leased or not due yet.
 
-        ``force`` ignores the back-off (a provider's own retry may try at once).
+        ``force`` ignores the back-off (a provider's own retry may try at once), except
+        for an item whose last call may have reached Dataverse: only the timer claims
+        that one, so a repeat (a possible duplicate) comes no sooner than its next run.
         """
         while True:
             found = self.store.get(_item(key))
@@ -119,13 +146,22 @@ class Outbox:
                 return None
             now = self.clock()
             item = found.data
+            # A lease that ran out with its call still marked: the caller died (or gave up)
+            # mid-call, and Dataverse may have acted on it.
+            in_doubt = bool(item.get("in_doubt")) or item.get("call_at") is not None
+            if in_doubt and force:
+                return None  # a provider's retry: only the timer repeats a call in doubt
             if item["leased_until"] > now or (not force and item["next_at"] > now):
                 return None
             if self.store.get(_marker(key)) is not None:
                 # Forwarded, but the process stopped before removing the item.
                 self._remove(key)
                 return None
-            leased = item | {"leased_until": now + self.lease_seconds}
+            leased = item | {
+                "leased_until": now + self.lease_seconds,
+                "call_at": now,
+                "in_doubt": in_doubt,
+            }
             try:
                 etag = self.store.replace(_item(key), leased, found.etag)
             except StaleRecord:
@@ -139,8 +175,13 @@ class Outbox:
             "kind": lease.kind,
             "created_at": lease.item["created_at"],
             "forwarded_at": self.clock(),
-            # What was reported, minus a reply's text: no need to keep it once delivered.
-            "payload": {k: v for k, v in lease.payload.items() if k != "Message"},
+            # What was reported, minus a reply's text and its sender (the customer): the
+            # marker outlives the content by far (see retention), so it keeps no personal data.
+            "payload": {
+                k: v
+                for k, v in lease.payload.items()
+                if k != "Message" and not (lease.kind == "inbound" and k == "From")
+            },
         }
         with contextlib.suppress(AlreadyExists):
             self.store.insert(_marker(lease.key), marker)
@@ -149,23 +190,49 @@ class Outbox:
         except StaleRecord:
             self._remove(lease.key)
 
-    def failed(self, lease: Lease, error: str, *, retry_after: float) -> Record:
+    def failed(
+        self, lease: Lease, error: str, *, retry_after: float, maybe_received: bool = False
+    ) -> Record:
         """Forwarding failed: give the lease back; the timer retries it with backoff.
 
+        ``maybe_received``: the call went out and its answer was lost, so Dataverse may
+        have acted on it; the item is then in doubt for good (see the module docstring).
         Returns the item as now stored; its state is ``dead`` after MAX_ATTEMPTS.
         """
+        return self._give_back(
+            lease,
+            lambda item, now: {
+                "attempts": int(item["attempts"]) + 1,
+                "last_error": error,
+                "next_at": now + retry_delay(int(item["attempts"]) + 1, retry_after),
+                "state": "dead" if int(item["attempts"]) + 1 >= MAX_ATTEMPTS else "pending",
+                "in_doubt": bool(item.get("in_doubt")) or maybe_received,
+                "waiting_for": None,
+            },
+        )
+
+    def waiting(self, lease: Lease, reason: str) -> Record:
+        """The item cannot be forwarded yet (no call was made): the next timer run tries.
+
+        No attempt is counted, so an item waiting for an operator never dies of it.
+        """
+        return self._give_back(
+            lease,
+            lambda item, now: {
+                "waiting_for": reason,
+                "next_at": now + MIN_BACKOFF_SECONDS,
+                "in_doubt": bool(item.get("in_doubt")),
+            },
+        )
+
+    def _give_back(self, lease: Lease, change: Callable[[Record, float], Record]) -> Record:
+        """End the lease with ``change`` applied; the call it was taken for is over."""
         now = self.clock()
         etag = lease.etag
         item = lease.item
+        ended: Record = {"leased_until": 0.0, "call_at": None}
         while True:
-            attempts = int(item["attempts"]) + 1
-            changed = item | {
-                "attempts": attempts,
-                "last_error": error,
-                "next_at": now + retry_delay(attempts, retry_after),
-                "leased_until": 0.0,
-                "state": "dead" if attempts >= MAX_ATTEMPTS else "pending",
-            }
+            changed = item | change(item, now) | ended
             try:
                 self.store.replace(_item(lease.key), changed, etag)
             except StaleRecord:
@@ -173,6 +240,9 @@ class Outbox:
                 if found is None:
                     return item
                 item, etag = found.data, found.etag
+                # Our lease ran out and another caller took the item: its lease and its
+                # in-flight mark are its own to end.
+                ended = {}
                 continue
             return changed
 
@@ -193,11 +263,20 @@ class Outbox:
         """Counts and ages of what is waiting, for health."""
         now = self.clock()
         ages: dict[str, list[float]] = {"pending": [], "dead": []}
+        in_doubt = waiting = 0
         for _, found in self.store.scan("outbox"):
-            ages.setdefault(found.data["state"], []).append(now - found.data["created_at"])
+            item = found.data
+            ages.setdefault(item["state"], []).append(now - item["created_at"])
+            if item["state"] == "pending":
+                in_doubt += bool(item.get("in_doubt")) or (
+                    item.get("call_at") is not None and item["leased_until"] <= now
+                )
+                waiting += bool(item.get("waiting_for"))
         return OutboxStats(
             pending=len(ages["pending"]),
             dead=len(ages["dead"]),
+            in_doubt=in_doubt,
+            waiting=waiting,
             oldest_pending_seconds=max(ages["pending"], default=None),
             oldest_dead_seconds=max(ages["dead"], default=None),
         )

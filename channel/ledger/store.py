@@ -64,6 +64,15 @@ class RecordStore(Protocol):
         """Every record whose key starts with ``kind + ":"``, in no particular order."""
         ...
 
+    def scan_after(self, kind: str, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+        """At most ``limit`` records of one kind that follow the key ``after``.
+
+        The order is the store's own (stable) one; ``after`` None starts at the kind's
+        first record. Fewer than ``limit`` records means the kind's end was reached. With
+        the last key returned as the next ``after``, successive calls visit every record.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...

@@ -14,6 +14,7 @@ so both are derived from a SHA-256 of the key, and the key itself is kept in the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -248,6 +249,39 @@ class TableStore:
                     yield key, _versioned(entity)
         except AzureError as exc:
             raise _unavailable("scan", exc) from exc
+
+    def scan_after(self, kind: str, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+        """Up to ``limit`` records of one kind in (PartitionKey, RowKey) order, after ``after``.
+
+        RowKey is the key's hash and PartitionKey the kind and the hash's first byte, so
+        this order is the hashes' order: the records after ``after`` are those of its
+        partition with a greater RowKey and those of the kind's later partitions. One
+        query, whose first page holds at most ``limit`` entities.
+        """
+        self._ensure_table()
+        prefix = f"{kind}:"
+        base = _partition_kind(prefix)
+        condition = "PartitionKey ge @low and PartitionKey le @high"
+        parameters = {"low": f"{base}-00", "high": f"{base}-ff"}
+        if after is not None:
+            low, row = _address(after)
+            condition += " and RowKey gt @row"
+            parameters |= {"low": low, "row": row}
+        entities = self._table.query_entities(
+            condition,
+            parameters=parameters,
+            select=["Key", "Data"],
+            results_per_page=limit,
+        )
+        found: list[tuple[str, Versioned]] = []
+        try:
+            for entity in itertools.islice(entities, limit):
+                key = str(entity["Key"])
+                if key.startswith(prefix):  # as in scan: the original key decides
+                    found.append((key, _versioned(entity)))
+        except AzureError as exc:
+            raise _unavailable("scan", exc) from exc
+        return found
 
     def close(self) -> None:
         """Release the connections."""

@@ -182,6 +182,8 @@ class WebhookAdapter(Protocol):
     """What a provider adapter does for the webhook routes: verify, then parse."""
 
     id: str
+    max_body_bytes: int
+    """The largest body the provider sends; a larger one is refused (413) unread."""
 
     def verify(self, hook: Webhook) -> None:
         """Raise Unauthorized or Forbidden unless the call provably comes from the provider."""
