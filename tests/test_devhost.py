@@ -140,9 +140,7 @@ def test_outbound_refuses_missing_or_wrong_key(
     assert response.content == b""
 
 
-def test_wrong_method_is_an_empty_404_as_the_host_answers(
-    api: str, http: requests.Session
-) -> None:
+def test_wrong_method_is_an_empty_404_as_the_host_answers(api: str, http: requests.Session) -> None:
     response = http.get(f"{api}/outbound", headers={"x-functions-key": KEY}, timeout=TIMEOUT)
     assert response.status_code == 404
     assert response.content == b""
