@@ -8,7 +8,7 @@ from channel.ledger.store import RecordStore, StaleRecord
 
 log = logging.getLogger(__name__)
 
-EXPIRING_KINDS = ("request", "forwarded", "outbox")
+EXPIRING_KINDS = ("request", "forwarded", "outbox", "message")
 """Record kinds that age out. ``sender`` records (how Dataverse writes our own numbers)
 stay: they are configuration, not message history."""
 
