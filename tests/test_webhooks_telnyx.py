@@ -24,9 +24,13 @@ from telnyx.lib.webhook_verification import WebhookVerificationError, verify_web
 from werkzeug import Response
 
 from channel.errors import Forbidden, Unauthorized
+from channel.ledger.embedded import EmbeddedStore
+from channel.ledger.messages import MessageLedger
+from channel.ledger.retention import sweep
 from channel.providers.base import DeliveryState, ReceivedSms, StatusReport, Webhook
 from channel.providers.telnyx import TelnyxWebhooks
 from channel.runtime import get_runtime, reset_runtime
+from tests.azurite import Azurite
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
     DEFINITION_ID,
@@ -404,3 +408,37 @@ def test_malformed_signed_body_is_400_and_changes_nothing(call: Call, wired: Fak
         assert response.status_code == 400, response.get_body()
     assert wired.calls == []
     assert ledger_rows() == before
+
+
+# --- the message-id record on both ledgers --------------------------------------------------
+
+
+def test_correlation_by_message_id_on_the_table_ledger(
+    call: Call,
+    wired: FakeDataverse,
+    configure: Configure,
+    azurite: Azurite,
+    table_name: str,
+) -> None:
+    configure(
+        CHANNEL_STORAGE_CONNECTION=azurite.connection_string, CHANNEL_STORAGE_TABLE=table_name
+    )
+    message_id = send(call)
+    assert hook(call, "delivery_report", event(message_id, "delivered")).status_code == 200
+    assert hook(call, "delivery_report", event(message_id, "expired")).status_code == 200
+    assert wired.calls == [notification(message_id, "Delivered")]
+
+
+def test_message_records_expire_with_retention(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    store = EmbeddedStore(str(tmp_path / "ledger.sqlite3"))
+    ledger = MessageLedger(
+        store, lease_seconds=30, ambiguous_grace_seconds=60, clock=lambda: now[0]
+    )
+    ledger.remember_message("telnyx", "old", RID)
+    now[0] += 40 * 86400
+    ledger.remember_message("telnyx", "young", "rid-2")
+    assert sweep(store, cutoff=now[0] - 30 * 86400, limit=100) == 1
+    assert ledger.request_of_message("telnyx", "old") is None
+    assert ledger.request_of_message("telnyx", "young") == "rid-2"
+    store.close()
