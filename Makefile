@@ -49,6 +49,7 @@ bench: $(VENV)/.dev
 	$(PY) -m bench.outbound --table || status=1; \
 	$(PY) -m bench.delivery_report || status=1; \
 	$(PY) -m bench.outbound_acs || status=1; \
+	$(PY) -m bench.outbound_next || status=1; \
 	exit $$status
 
 clean:

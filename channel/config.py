@@ -11,15 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-PROVIDER_IDS = ("loopback", "twilio", "acs")
+PROVIDER_IDS = ("loopback", "twilio", "acs", "vonage", "telnyx")
 MAX_BODY_BYTES = 64 * 1024
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
 ACS_AMBIGUOUS_GRACE_SECONDS = 60.0
 """With ACS a new attempt repeats the first one's repeatability pair, which ACS dedupes
-for 5 minutes after its first-sent time: the new attempt must come well within them."""
+for 5 minutes after its first-sent time: the new attempt must come well within them.
+Telnyx dedupes an Idempotency-Key for 24 hours: a new attempt is as safe, so as soon."""
 TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
+VONAGE_DEFAULT_BASE_URL = "https://api.nexmo.com"
+TELNYX_DEFAULT_BASE_URL = "https://api.telnyx.com"
 _TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")  # a name, an IPv4 or a bare IPv6 address
@@ -61,6 +64,14 @@ class Settings:
     twilio_base_url: str = TWILIO_DEFAULT_BASE_URL
     acs_endpoint: str | None = None
     acs_access_key: str | None = field(default=None, repr=False)
+    vonage_application_id: str | None = None
+    vonage_private_key: str | None = field(default=None, repr=False)
+    vonage_signature_secret: str | None = field(default=None, repr=False)
+    vonage_base_url: str = VONAGE_DEFAULT_BASE_URL
+    telnyx_api_key: str | None = field(default=None, repr=False)
+    telnyx_public_key: str | None = None
+    telnyx_messaging_profile_id: str | None = None
+    telnyx_base_url: str = TELNYX_DEFAULT_BASE_URL
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -101,7 +112,9 @@ class _SettingsReader:
         in_azure = self.get("WEBSITE_INSTANCE_ID") is not None
         provider = self._provider(in_azure)
         grace = (
-            ACS_AMBIGUOUS_GRACE_SECONDS if provider == "acs" else DEFAULT_AMBIGUOUS_GRACE_SECONDS
+            ACS_AMBIGUOUS_GRACE_SECONDS
+            if provider in ("acs", "telnyx")
+            else DEFAULT_AMBIGUOUS_GRACE_SECONDS
         )
         values: dict[str, object] = {
             "in_azure": in_azure,
@@ -129,6 +142,14 @@ class _SettingsReader:
             "twilio_base_url": self._url("TWILIO_BASE_URL") or TWILIO_DEFAULT_BASE_URL,
             "acs_endpoint": self._url("ACS_ENDPOINT"),
             "acs_access_key": self.get("ACS_ACCESS_KEY"),
+            "vonage_application_id": self.get("VONAGE_APPLICATION_ID"),
+            "vonage_private_key": _pem(self.get("VONAGE_PRIVATE_KEY")),
+            "vonage_signature_secret": self.get("VONAGE_SIGNATURE_SECRET"),
+            "vonage_base_url": self._url("VONAGE_BASE_URL") or VONAGE_DEFAULT_BASE_URL,
+            "telnyx_api_key": self.get("TELNYX_API_KEY"),
+            "telnyx_public_key": self.get("TELNYX_PUBLIC_KEY"),
+            "telnyx_messaging_profile_id": self.get("TELNYX_MESSAGING_PROFILE_ID"),
+            "telnyx_base_url": self._url("TELNYX_BASE_URL") or TELNYX_DEFAULT_BASE_URL,
         }
         settings = Settings(**values)  # type: ignore[arg-type]
         self._check_provider(settings)
@@ -252,6 +273,46 @@ class _SettingsReader:
                     "(Event Grid) are refused until it is"
                 )
 
+        elif s.provider == "vonage":
+            self._check_vonage(s)
+        elif s.provider == "telnyx":
+            self._check_telnyx(s)
+
+    def _check_vonage(self, s: Settings) -> None:
+        if s.vonage_application_id is None:
+            self.problems.append("VONAGE_APPLICATION_ID is not set (provider vonage)")
+        elif not _is_guid(s.vonage_application_id):
+            self.problems.append("VONAGE_APPLICATION_ID must be the application's id (a GUID)")
+        if s.vonage_private_key is None:
+            self.problems.append("VONAGE_PRIVATE_KEY is not set (provider vonage)")
+        elif not _is_rsa_private_key(s.vonage_private_key):
+            self.problems.append(
+                "VONAGE_PRIVATE_KEY is not an RSA private key in PEM form: paste the whole "
+                "private.key file of the Vonage application (newlines as is or as \\n)"
+            )
+        if s.vonage_signature_secret is None:
+            self.problems.append(
+                "VONAGE_SIGNATURE_SECRET is not set (provider vonage): delivery reports and "
+                "replies cannot be verified"
+            )
+
+    def _check_telnyx(self, s: Settings) -> None:
+        if s.telnyx_api_key is None:
+            self.problems.append("TELNYX_API_KEY is not set (provider telnyx)")
+        if s.telnyx_public_key is None:
+            self.problems.append(
+                "TELNYX_PUBLIC_KEY is not set (provider telnyx): delivery reports and "
+                "replies cannot be verified"
+            )
+        elif not is_ed25519_public_key(s.telnyx_public_key):
+            self.problems.append(
+                "TELNYX_PUBLIC_KEY is not a base64 Ed25519 public key (32 bytes): copy the "
+                "Public Key of the Telnyx portal's Keys & Credentials page"
+            )
+        profile = s.telnyx_messaging_profile_id
+        if profile is not None and not _is_guid(profile):
+            self.problems.append("TELNYX_MESSAGING_PROFILE_ID must be a GUID")
+
     def _check_environment(self, s: Settings) -> None:
         if s.in_azure and s.ledger_kind == "embedded":
             self.problems.append(
@@ -263,6 +324,39 @@ class _SettingsReader:
             self.problems.append("DATAVERSE_URL is not set")
         if s.dataverse_dev_mode:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
+
+
+def _pem(value: str | None) -> str | None:
+    r"""A PEM setting with ``\n`` escapes turned into newlines (app settings are one line)."""
+    return None if value is None else value.replace("\\n", "\n")
+
+
+def _is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_rsa_private_key(pem: str) -> bool:
+    # cryptography comes with azure-identity; imported only when vonage is configured.
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError):  # not PEM, encrypted, or an unsupported key
+        return False
+    return isinstance(key, RSAPrivateKey)
+
+
+def is_ed25519_public_key(value: str) -> bool:
+    """True for a base64 string of 32 bytes (the form Telnyx shows its public key in)."""
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except ValueError:
+        return False
 
 
 def _is_base64(value: str) -> bool:

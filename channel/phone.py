@@ -71,3 +71,19 @@ def _parse(text: str, region: str | None) -> str | None:
 def is_known_region(region: str) -> bool:
     """True for a region code libphonenumber has numbering rules for (``GB``, not ``UK``)."""
     return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def international(number: str, default_region: str) -> str:
+    """A number as a provider wrote it, in E.164 with its ``+``.
+
+    Several providers (ACS, Vonage) write international numbers without ``+``
+    (``14255550199``). Short codes and alphanumeric ids stay as they are.
+    """
+    if number.startswith("+"):
+        return number
+    e164 = to_e164(number, default_region)
+    if e164 is not None:
+        return e164
+    if number.isdigit() and len(number) >= 8:  # a long number libphonenumber does not know
+        return "+" + number
+    return number

@@ -219,10 +219,28 @@ class OutboundService:
         rid = payload.RequestId
         outcome = self._send_with_retries(sms, budget)
         if isinstance(outcome, Accepted):
+            if outcome.correlated_by_id:
+                self._remember_message(rid, outcome.message_id)
             log.info("request %s Sent as %s", rid, outcome.message_id)
             return _answer(payload, "Sent", outcome.message_id)
         log.info("request %s NotSent: provider code %s", rid, outcome.code)
         return _answer(payload, "NotSent", None)
+
+    def _remember_message(self, rid: str, message_id: str) -> None:
+        """Record which RequestId the provider's message id belongs to, before answering.
+
+        Its reports will name nothing else. If the record cannot be written, the send is
+        treated as ambiguous: a later attempt repeats it under the provider's
+        idempotency key, gets the same id back and records it then.
+        """
+        try:
+            self.ledger.remember_message(self.provider.id, message_id, rid)
+        except Exception as exc:
+            log.warning("request %s: could not record message %s", rid, message_id)
+            raise SendAmbiguous(
+                "the message was sent but its id could not be recorded; retry later",
+                retry_after=max(1, int(self.ledger.grace_seconds) + 1),
+            ) from exc
 
     def _send_with_retries(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
         """Retry what provably did not send, and what the provider dedupes; nothing else.

@@ -10,7 +10,7 @@ from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import Dataverse, DataverseUnavailable
-from channel.errors import ChannelError, NotConfigured
+from channel.errors import ChannelError, NotConfigured, ServiceUnavailable
 from channel.ledger import MessageLedger
 from channel.ledger.outbox import Lease, Outbox
 from channel.logs import log_unexpected
@@ -134,6 +134,8 @@ class WebhookService:
 
     def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
+        if rid is None and report.correlated_by_id:
+            rid = self._recorded_request(provider, report)
         request = self.ledger.get(rid) if rid is not None else None
         if rid is None or request is None:
             log.info(
@@ -180,6 +182,23 @@ class WebhookService:
             return
         log.info("request %s: %s", rid, lease.payload["Status"])
         self.forward(lease, budget)
+
+    def _recorded_request(self, provider: str, report: StatusReport) -> str | None:
+        """The RequestId recorded at send for the report's message id.
+
+        A final status for an id not recorded (yet) may belong to a send whose answer
+        is still on its way to us: 503, so the provider delivers it again later (Telnyx
+        tries each URL 3 times, then the failover URL). Reports of messages this app
+        never sent get the same answer until the provider gives up.
+        """
+        rid = self.ledger.request_of_message(provider, report.message_id)
+        if rid is None and report.state is not DeliveryState.PENDING:
+            log.info("status of message %s before its send was recorded", report.message_id)
+            raise ServiceUnavailable(
+                "no send of this message is recorded yet; deliver the report again later",
+                retry_after=5,
+            )
+        return rid
 
     def _receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
         # Kept even when no channel definition is known yet (ChannelDefinitionId null,

@@ -18,6 +18,7 @@ from tests.data import SENSITIVE, TWILIO_SID, TWILIO_TOKEN
 from tests.fakes import IDENTITY_SECRET, FakeDataverse, FakeIdentity, FakeTwilio
 
 _PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "IDENTITY_", "MSI_", "WEBSITE_")
+_PROVIDER_PREFIXES = ("VONAGE_", "TELNYX_")
 
 Configure = Callable[..., None]
 Call = Callable[..., func.HttpResponse]
@@ -43,7 +44,7 @@ def no_sensitive_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Configure]:
     """Start from an empty channel environment; ``configure(NAME=value, ...)`` sets more."""
     for name in list(os.environ):
-        if name.startswith(_PREFIXES):
+        if name.startswith(_PREFIXES + _PROVIDER_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CHANNEL_LEDGER_PATH", str(tmp_path / "ledger.sqlite3"))
     reset_runtime()

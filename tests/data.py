@@ -70,3 +70,10 @@ UNICODE_TEXT = "Grüße aus Köln 👋 ваш код 4711"
 """A text outside GSM-7 and ASCII: the bytes signed must be the bytes sent."""
 
 SENSITIVE.extend([ACS_ACCESS_KEY, WEBHOOK_SECRET, UNICODE_TEXT, RECIPIENT[1:]])
+
+# --- Vonage and Telnyx ---
+VONAGE_APPLICATION_ID = "5f2b8c4e-1a3d-4e6f-9b7a-0c8d2e4f6a1b"
+VONAGE_SIGNATURE_SECRET = "vonage-test-signature-secret-0001-not-real"
+TELNYX_API_KEY = "KEY0190ABCDEF_telnyx-test-api-key-0001"
+
+SENSITIVE.extend([VONAGE_SIGNATURE_SECRET, TELNYX_API_KEY])

@@ -231,6 +231,21 @@ class MessageLedger:
         self._senders[number] = found.data
         return found.data
 
+    def remember_message(self, provider: str, message_id: str, request_id: str) -> None:
+        """Record that ``provider``'s message ``message_id`` is the send of ``request_id``.
+
+        For providers whose reports name nothing of ours but their message id (Telnyx).
+        Written once: a repeat of the same send (an idempotent resend) finds it there.
+        """
+        record: Record = {"request_id": request_id, "created_at": self.clock()}
+        with contextlib.suppress(AlreadyExists):
+            self.store.insert(_message_key(provider, message_id), record)
+
+    def request_of_message(self, provider: str, message_id: str) -> str | None:
+        """The RequestId ``remember_message`` recorded for a provider's message id, or None."""
+        found = self.store.get(_message_key(provider, message_id))
+        return None if found is None else str(found.data["request_id"])
+
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
@@ -302,3 +317,7 @@ class MessageLedger:
 
 def _request_key(request_id: str) -> str:
     return f"request:{request_id}"
+
+
+def _message_key(provider: str, message_id: str) -> str:
+    return f"message:{provider}:{message_id}"

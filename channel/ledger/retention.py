@@ -21,8 +21,9 @@ from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
 
 log = logging.getLogger(__name__)
 
-EXPIRING_KINDS = ("request", "outbox", "forwarded")
-"""Record kinds that age out, in the order a sweep visits them. ``sender`` records (how
+EXPIRING_KINDS = ("request", "outbox", "forwarded", "message")
+"""Record kinds that age out, in the order a sweep visits them (``message``: the message
+id -> RequestId records of providers that echo only their id). ``sender`` records (how
 Dataverse writes our own numbers) stay: they are configuration, not message history."""
 
 MARKER_RETENTION_DAYS = 365.0
@@ -55,6 +56,7 @@ def sweep(
         "request": now - retention_days * DAY,
         "outbox": now - retention_days * DAY,
         "forwarded": now - max(retention_days, MARKER_RETENTION_DAYS) * DAY,
+        "message": now - retention_days * DAY,
     }
     saved = store.get(CURSOR_KEY)
     index, after = _position(saved.data if saved is not None else None)

@@ -25,6 +25,8 @@ _MODULES = {
     "loopback": "channel.providers.loopback",
     "twilio": "channel.providers.twilio",
     "acs": "channel.providers.acs",
+    "vonage": "channel.providers.vonage",
+    "telnyx": "channel.providers.telnyx",
 }
 
 

@@ -41,6 +41,9 @@ class Accepted:
     """The provider took the message; ``message_id`` is its id for it."""
 
     message_id: str
+    correlated_by_id: bool = False
+    """The provider's status reports will name only this id, nothing of ours (Telnyx):
+    the ledger must record which RequestId it belongs to before the answer is given."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,10 @@ class StatusReport:
     correlation: str | None
     """Our RequestId when the provider echoes it back (callback URL, tag)."""
     detail: str = ""
+    correlated_by_id: bool = False
+    """Without ``correlation``, our RequestId is the one the ledger recorded for
+    ``message_id`` at send (see Accepted); an id not recorded yet may be a send whose
+    answer is still on its way."""
 
 
 @dataclass(frozen=True)
