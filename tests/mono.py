@@ -34,7 +34,7 @@ class Mono:
     mono: str
 
     def compile(self, sources: list[Path], output: Path, *, target: str) -> None:
-        """Compile ``sources`` (C# 7, warnings as errors) into ``output``; fail with mcs's output."""
+        """Compile ``sources`` (C# 7, warnings as errors) into ``output``, or fail the test."""
         result = subprocess.run(  # noqa: S603 - the compiler found on PATH, our own sources
             [
                 self.mcs,

@@ -243,7 +243,9 @@ def test_a_503_from_the_app_is_an_exception_not_a_response(
     outcome = plugin.run(app_url, body_of())
     assert outcome.code == 2, outcome.stderr
     assert outcome.response is None
-    assert outcome.error.startswith("InvalidPluginExecutionException: The SMS channel answered HTTP 503")
+    assert outcome.error.startswith(
+        "InvalidPluginExecutionException: The SMS channel answered HTTP 503"
+    )
     assert_nothing_sensitive(outcome)
 
 
@@ -258,10 +260,10 @@ def test_a_409_while_the_same_request_is_sending_is_an_exception(
         second = plugin.run(app_url, body)
     finally:
         held.release.set()
+        done = finish(first, first_response)
     assert second.code == 2, second.stderr
     assert second.response is None
     assert "answered HTTP 409" in second.error
-    done = finish(first, first_response)
     assert done.code == 0, done.stderr
     assert done.response is not None
     assert json.loads(done.response)["Status"] == "Sent"
@@ -382,5 +384,7 @@ def test_a_missing_payload_is_named(plugin: Plugin, httpserver: HTTPServer) -> N
 def test_the_plugin_alone_compiles_as_a_library_without_warnings(
     plugin: Plugin, tmp_path: Path
 ) -> None:
-    find_mono().compile([*PLUGIN_SOURCES, STAND_IN], tmp_path / "SmsChannel.Plugin.dll", target="library")
+    find_mono().compile(
+        [*PLUGIN_SOURCES, STAND_IN], tmp_path / "SmsChannel.Plugin.dll", target="library"
+    )
     assert (tmp_path / "SmsChannel.Plugin.dll").stat().st_size > 0
