@@ -1,0 +1,1 @@
+"""Tools for the people who run the channel; never deployed with the Function App."""
