@@ -5,8 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Azurite, the Table Storage emulator: the Table ledger tests start it from node_modules.
 AZURITE_VERSION := 3.35.0
+# checkov scans infra/ (tests/test_infra_checkov.py). It pins its own dependencies (an
+# older pycep-parser among them), so it lives in a venv of its own (about 2 minutes once).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := .venv-checkov
 
-.PHONY: run test bench clean azurite
+.PHONY: run test bench clean azurite checkov
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +35,15 @@ azurite:
 	  echo "npm not found: the Table Storage ledger tests will be skipped"; \
 	fi
 
-test: $(VENV)/.dev azurite
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  checkov==$(CHECKOV_VERSION)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+
+test: $(VENV)/.dev azurite checkov
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -43,4 +55,4 @@ bench: $(VENV)/.dev
 	$(PY) -m bench.outbound_acs
 
 clean:
-	rm -rf $(VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -158,9 +158,11 @@ def _acs_steps(environ: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def run_provision(command: Sequence[str], environ: Mapping[str, str]) -> int:
+def run_provision(command: Sequence[str], environ: Mapping[str, str], cwd: Path = ROOT) -> int:
     """Run the provisioning command with the azd environment; its exit status."""
-    return subprocess.run(list(command), env=dict(environ), cwd=ROOT, check=False).returncode  # noqa: S603 (our own command line)
+    # Our own command line, from the repository root (where tools/ is a package).
+    done = subprocess.run(list(command), env=dict(environ), cwd=cwd, check=False)  # noqa: S603
+    return done.returncode
 
 
 def main(
