@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -506,3 +507,40 @@ def test_funcignore_keeps_infra_and_tooling_out_of_the_package() -> None:
     for path in ("infra", ".github", ".vscode", "azure.yaml", ".azure", "tests", ".venv-checkov"):
         assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
     assert not any(fnmatch.fnmatch(name, p) for name in ("channel", "host.json") for p in patterns)
+
+
+# --- CI, deploy workflow and editor -----------------------------------------------------
+
+
+def test_ci_runs_make_test_on_the_oldest_and_newest_python() -> None:
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.search(r'python-version: \["3\.11", "3\.13"\]', text)
+    assert re.search(r"^\s+run: make test\b", text, re.MULTILINE)
+    assert "node-version: 20" in text
+    assert "apt-get install -y mono-mcs" in text
+
+
+def test_the_deploy_workflow_signs_in_with_federated_credentials_only() -> None:
+    text = (ROOT / ".github" / "workflows" / "azure-dev.yml").read_text()
+    assert re.search(r"^  id-token: write$", text, re.MULTILINE)
+    assert "--federated-credential-provider github" in text
+    assert "AZURE_CLIENT_SECRET" not in text
+    # Every secure parameter reaches azd from a GitHub secret, never a variable.
+    for param in secure_parameters(MAIN):
+        name = azd_name(param)[0]
+        assert f"{name}: ${{{{ secrets.{name} }}}}" in text, name
+        assert re.search(rf"^    - {name}$", (ROOT / "azure.yaml").read_text(), re.MULTILINE)
+
+
+def test_vscode_starts_core_tools_before_attaching_the_debugger() -> None:
+    folder = ROOT / ".vscode"
+    launch = json.loads((folder / "launch.json").read_text())
+    tasks = {t["label"]: t for t in json.loads((folder / "tasks.json").read_text())["tasks"]}
+    (attach,) = launch["configurations"]
+    start = tasks[attach["preLaunchTask"]]
+    assert (start["type"], start["command"]) == ("func", "host start")
+    assert start["dependsOn"] in tasks
+    recommended = json.loads((folder / "extensions.json").read_text())["recommendations"]
+    assert "ms-azuretools.vscode-azurefunctions" in recommended
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["azureFunctions.projectLanguageModel"] == 2
