@@ -6,10 +6,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Azurite, the Table Storage emulator: the Table ledger tests start it from node_modules.
 AZURITE_VERSION := 3.35.0
+# checkov scans infra/ (tests/test_infra_checkov.py). It pins its own dependencies (an
+# older pycep-parser among them), so it lives in a venv of its own (about 2 minutes once).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := .venv-checkov
+
 # The Python versions Azure Functions runs and this app supports.
 SUPPORTED := (3, 11) <= sys.version_info[:2] <= (3, 13)
 
-.PHONY: run test bench clean azurite python-check
+.PHONY: run test bench clean azurite checkov python-check
 
 python-check:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if $(SUPPORTED) else "Python %d.%d is not supported: use Python 3.11, 3.12 or 3.13 (make ... PYTHON=python3.12)" % sys.version_info[:2])'
@@ -37,7 +42,15 @@ azurite:
 	  echo "npm not found: the Table Storage ledger tests will be skipped"; \
 	fi
 
-test: $(VENV)/.dev azurite
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  checkov==$(CHECKOV_VERSION)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+
+test: $(VENV)/.dev azurite checkov
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -53,4 +66,4 @@ bench: $(VENV)/.dev
 	exit $$status
 
 clean:
-	rm -rf $(VENV) .venv-3.* .channel .pytest_cache .mypy_cache .ruff_cache node_modules
+	rm -rf $(VENV) .venv-3.* $(CHECKOV_VENV) .channel .pytest_cache .mypy_cache .ruff_cache node_modules
