@@ -11,9 +11,11 @@ import hashlib
 import json
 import re
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -499,3 +501,22 @@ def test_table_not_ours_to_create_is_used_as_it_is(httpserver: HTTPServer) -> No
 def test_table_store_refuses_a_malformed_connection_string() -> None:
     with pytest.raises(ValueError, match="onnection string"):
         TableStore(table="ledger", connection_string="no such thing")
+
+
+def test_a_file_that_is_no_database_leaves_no_connection_open(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.sqlite3"
+    path.write_bytes(b"this is not an SQLite database, " * 64)
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite3, "connect", connect)
+        with pytest.raises(sqlite3.DatabaseError):
+            EmbeddedStore(path)
+    (connection,) = opened
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connection.execute("SELECT 1")

@@ -56,13 +56,17 @@ class EmbeddedStore:
         )
         self._lock = threading.Lock()
         self._busy_ms = int(BUSY_TIMEOUT_SECONDS * 1000)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # WAL with synchronous=NORMAL survives a crash of the app (what a local run
-            # meets) and skips an fsync per write; only an OS crash may lose the last
-            # writes, which is why Azure uses Table Storage instead.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # WAL with synchronous=NORMAL survives a crash of the app (what a local
+                # run meets) and skips an fsync per write; only an OS crash may lose the
+                # last writes, which is why Azure uses Table Storage instead.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()  # e.g. not a database: nobody else would ever close it
+            raise
 
     @property
     def busy_timeout_ms(self) -> int:
