@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from channel.budget import Budget
-from channel.config import MAX_WEBHOOK_BODY_BYTES, Settings
+from channel.config import MAX_WEBHOOK_BODY_BYTES
 from channel.contracts import MAX_REQUEST_ID_CHARS
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.logs import printable
@@ -38,13 +39,16 @@ from channel.providers.base import (
     DeliveryState,
     OutboundSms,
     OutcomeUnknown,
+    OwnSettings,
     ProviderMisconfigured,
+    ProviderSpec,
     ReceivedSms,
     Rejected,
     SafeToRepeat,
     SendOutcome,
     StatusReport,
     Throttled,
+    Tokens,
     Unreachable,
     Webhook,
     WebhookReply,
@@ -55,6 +59,7 @@ from channel.providers.base import (
 from channel.retry import never_sent, parse_retry_after
 
 if TYPE_CHECKING:
+    from channel.config import Settings, SettingsReader
     from channel.identity import TokenSource
 
 log = logging.getLogger(__name__)
@@ -277,19 +282,59 @@ def _json(reply: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def from_settings(
-    settings: Settings,
-    session: requests.Session,
-    tokens: Callable[[], TokenSource] | None = None,
+# -- Settings ----------------------------------------------------------------------------
+
+AMBIGUOUS_GRACE_SECONDS = 60.0
+"""A new attempt repeats the first one's repeatability pair, which ACS dedupes for 5
+minutes after its first-sent time: the new attempt must come well within them."""
+
+
+@dataclass(frozen=True)
+class AcsSettings:
+    """The ACS_* settings."""
+
+    endpoint: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+
+
+def read_settings(reader: SettingsReader) -> OwnSettings[AcsSettings]:
+    """Read ACS_* and say what keeps ACS from sending."""
+    own = AcsSettings(endpoint=reader.url("ACS_ENDPOINT"), access_key=reader.get("ACS_ACCESS_KEY"))
+    problems, notes = [], []
+    if reader.get("ACS_ENDPOINT") is None:  # a malformed one is a problem already
+        problems.append("ACS_ENDPOINT is not set (provider acs)")
+    if own.access_key is not None and not _is_base64(own.access_key):
+        problems.append(
+            "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
+            "not its connection string"
+        )
+    if reader.get("CHANNEL_WEBHOOK_SECRET") is None:
+        notes.append(
+            "CHANNEL_WEBHOOK_SECRET not set: ACS delivery reports and replies "
+            "(Event Grid) are refused until it is"
+        )
+    return OwnSettings(own, tuple(problems), tuple(notes))
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def sender(
+    own: AcsSettings, settings: Settings, session: requests.Session, tokens: Tokens | None
 ) -> AcsProvider:
     """Build the ACS adapter: HMAC with ACS_ACCESS_KEY, else the app's managed identity."""
-    assert settings.acs_endpoint is not None  # noqa: S101 - config guarantees it
-    if settings.acs_access_key is not None:
-        key = base64.b64decode(settings.acs_access_key)  # config checked it is base64
-        return AcsProvider(endpoint=settings.acs_endpoint, session=session, access_key=key)
+    assert own.endpoint is not None  # noqa: S101 - read_settings guarantees it
+    if own.access_key is not None:
+        key = base64.b64decode(own.access_key)  # read_settings checked it is base64
+        return AcsProvider(endpoint=own.endpoint, session=session, access_key=key)
     if tokens is None:
         raise NotConfigured(["ACS_ACCESS_KEY is not set and no managed identity is available"])
-    return AcsProvider(endpoint=settings.acs_endpoint, session=session, tokens=tokens())
+    return AcsProvider(endpoint=own.endpoint, session=session, tokens=tokens())
 
 
 # -- Webhooks: Event Grid events --------------------------------------------------------
@@ -491,10 +536,19 @@ def _e164(number: str, region: str) -> str:
     return number
 
 
-def webhooks_from_settings(settings: Settings) -> AcsWebhooks:
+def webhooks(own: AcsSettings, settings: Settings) -> AcsWebhooks:
     """Build the webhook side of ACS: needs CHANNEL_WEBHOOK_SECRET."""
     if settings.webhook_secret is None:
         raise NotConfigured(
             ["CHANNEL_WEBHOOK_SECRET is not set: Event Grid calls for ACS cannot be authenticated"]
         )
     return AcsWebhooks(secret=settings.webhook_secret, default_region=settings.default_region)
+
+
+SPEC = ProviderSpec(
+    "acs",
+    read_settings=read_settings,
+    sender=sender,
+    webhooks=webhooks,
+    ambiguous_grace_seconds=AMBIGUOUS_GRACE_SECONDS,
+)
