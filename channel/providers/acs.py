@@ -32,7 +32,7 @@ from channel.config import MAX_WEBHOOK_BODY_BYTES
 from channel.contracts import MAX_REQUEST_ID_CHARS
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.logs import printable
-from channel.phone import MAX_NUMBER_CHARS, mask, to_e164
+from channel.phone import MAX_NUMBER_CHARS, international, mask
 from channel.providers.base import (
     MAX_ID_CHARS,
     Accepted,
@@ -49,14 +49,13 @@ from channel.providers.base import (
     StatusReport,
     Throttled,
     Tokens,
-    Unreachable,
     Webhook,
     WebhookReply,
     received_text,
     unsendable,
     webhook_field,
 )
-from channel.retry import never_sent, parse_retry_after
+from channel.providers.rest import READ_TIMEOUT, json_object, post_once, retry_after
 
 if TYPE_CHECKING:
     from channel.config import Settings, SettingsReader
@@ -75,9 +74,6 @@ T = TypeVar("T")
 API_VERSION = "2026-01-23"
 SCOPE = "https://communication.azure.com//.default"
 """Entra ID scope of ACS, double slash included, as azure-communication-sms writes it."""
-CONNECT_TIMEOUT = 3.05
-READ_TIMEOUT = 10.0
-"""Leaves room in the 20 s budget for one repeat after a read timeout."""
 MAX_RECEIVED_CHARS = 2048
 """The longest SMS text ACS handles (2,048 bytes, auto-concatenated): a reply is cut there."""
 REPEATABILITY_NAMESPACE = uuid.UUID("7e65c13f-975c-4865-8225-e913449bd418")
@@ -152,19 +148,18 @@ class AcsProvider:
         except Exception as exc:  # nothing was sent: never taken for an unknown outcome
             raise unsendable(sms, "ACS", exc) from exc
         headers = self.headers(body)
-        try:
-            reply = self._session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
-        except requests.RequestException as exc:
-            if never_sent(exc):
-                raise Unreachable(f"could not connect to ACS: {type(exc).__name__}") from exc
-            # The request may have reached ACS; a repeat carries the same repeatability
-            # pair, so ACS executes it only if the first one never got there.
-            raise SafeToRepeat(f"no usable answer from ACS: {type(exc).__name__}") from exc
+        reply = post_once(
+            self._session,
+            self.url,
+            provider="ACS",
+            budget=budget,
+            # A repeat carries the same repeatability pair, so ACS executes it only if
+            # the first one never got there.
+            deduped=True,
+            read_timeout=READ_TIMEOUT,
+            data=body,
+            headers=headers,
+        )
         return self._outcome(reply, sms)
 
     def body(self, sms: OutboundSms) -> bytes:
@@ -214,7 +209,7 @@ class AcsProvider:
     def _outcome(self, reply: requests.Response, sms: OutboundSms) -> SendOutcome:
         status = reply.status_code
         if status == 429:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if status in (401, 403, 404):
             raise ProviderMisconfigured(
                 f"ACS refused the request (HTTP {status}): check ACS_ENDPOINT and the access "
@@ -227,9 +222,9 @@ class AcsProvider:
         if status >= 500:
             raise SafeToRepeat(
                 f"ACS answered HTTP {status}",
-                retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                retry_after=retry_after(reply),
             )
-        body = _json(reply)
+        body = json_object(reply)
         if 400 <= status < 500:
             error = body.get("error")
             reason = str(error.get("message") or "") if isinstance(error, dict) else ""
@@ -256,7 +251,7 @@ class AcsProvider:
             # tell us whether an earlier attempt was executed.
             raise OutcomeUnknown(_REPEAT_WINDOW)
         if code == 429:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if code in (401, 403):
             raise ProviderMisconfigured(f"ACS refused the recipient for our account (HTTP {code})")
         if code is None or code == 409 or code >= 500 or code < 400:
@@ -272,14 +267,6 @@ _REPEAT_WINDOW = (
     "ACS refused to repeat an earlier attempt (its repeatability window is 5 minutes from "
     "the first attempt); whether that attempt was sent is unknown"
 )
-
-
-def _json(reply: requests.Response) -> dict[str, Any]:
-    try:
-        body = reply.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 # -- Settings ----------------------------------------------------------------------------
@@ -437,8 +424,8 @@ class AcsWebhooks:
             )
         return ReceivedSms(
             message_id=message_id,
-            customer=_e164(customer, self.default_region),
-            our_number=_e164(ours, self.default_region),
+            customer=international(customer, self.default_region),
+            our_number=international(ours, self.default_region),
             text=text,
         )
 
@@ -519,21 +506,6 @@ def _text(data: Mapping[str, Any], name: str, limit: int = MAX_ID_CHARS) -> str:
 def _text_or(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     return printable(value) if isinstance(value, str) else "-"
-
-
-def _e164(number: str, region: str) -> str:
-    """ACS writes international numbers without '+' (``14255550199``): E.164 with '+'.
-
-    Short codes and alphanumeric ids stay as they are.
-    """
-    if number.startswith("+"):
-        return number
-    e164 = to_e164(number, region)
-    if e164 is not None:
-        return e164
-    if number.isdigit() and len(number) >= 8:  # a long number libphonenumber does not know
-        return "+" + number
-    return number
 
 
 def webhooks(own: AcsSettings, settings: Settings) -> AcsWebhooks:

@@ -9,7 +9,7 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
@@ -33,22 +33,19 @@ from channel.providers.base import (
     StatusReport,
     Throttled,
     Tokens,
-    Unreachable,
     Webhook,
     WebhookReply,
     received_text,
     unsendable,
     webhook_field,
 )
-from channel.retry import never_sent, parse_retry_after
+from channel.providers.rest import json_object, post_once, retry_after
 
 if TYPE_CHECKING:
     from channel.config import Settings, SettingsReader
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 3.05
-READ_TIMEOUT = 10.0
 MAX_BODY_CHARS = 1600
 """The longest message body Twilio handles (docs: Messages resource, ``Body``): a reply's
 text is cut there, so a forged or broken one cannot outgrow the ledger."""
@@ -91,20 +88,16 @@ class TwilioProvider:
             body = urlencode(self.form(sms)).encode("ascii")
         except Exception as exc:
             raise unsendable(sms, "Twilio", exc) from exc
-        try:
-            reply = self._session.post(
-                self.messages_url,
-                data=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-                auth=self._auth,
-                timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
-        except requests.RequestException as exc:
-            if never_sent(exc):
-                raise Unreachable(f"could not connect to Twilio: {type(exc).__name__}") from exc
-            # Anything else (read timeout, reset, a reply cut off mid-body) came after
-            # the request went out: Twilio may have created the message.
-            raise OutcomeUnknown(f"no usable answer from Twilio: {type(exc).__name__}") from exc
+        reply = post_once(
+            self._session,
+            self.messages_url,
+            provider="Twilio",
+            budget=budget,
+            deduped=False,  # Twilio has no idempotency key: a lost answer is unknown
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            auth=self._auth,
+        )
         return self._outcome(reply, sms)
 
     def form(self, sms: OutboundSms) -> dict[str, str]:
@@ -122,7 +115,7 @@ class TwilioProvider:
 
     def _outcome(self, reply: requests.Response, sms: OutboundSms) -> SendOutcome:
         status = reply.status_code
-        body = _json(reply)
+        body = json_object(reply)
         code = _int(body.get("code"))
         if 200 <= status < 300:
             sid = body.get("sid")
@@ -131,7 +124,7 @@ class TwilioProvider:
             log.info("twilio accepted %s for %s", sid, mask(sms.to))
             return Accepted(sid)
         if status == 429 or code in _THROTTLED_CODES:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if status in (401, 404) or code in _CONFIGURATION_CODES:
             raise ProviderMisconfigured(
                 f"Twilio refused the account credentials (HTTP {status}, code {code})"
@@ -145,14 +138,6 @@ class TwilioProvider:
             log.debug("twilio rejection detail: %s", reason)
             return Rejected(code=str(code or status), reason=reason)
         raise OutcomeUnknown(f"Twilio answered HTTP {status}")
-
-
-def _json(reply: requests.Response) -> dict[str, Any]:
-    try:
-        body = reply.json()
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _int(value: object) -> int | None:
