@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
 """How long an attempt whose outcome is unknown blocks a new one, unless the provider's

@@ -5,9 +5,8 @@ key (HMAC-SHA256) or authorised with a managed-identity token. Each message carr
 ACS repeatability pair derived from our RequestId, so ACS executes it at most once
 however often it is POSTed: an attempt whose answer was lost may be repeated at once.
 
-Delivery reports and inbound messages reach us as Event Grid events (Event Grid schema
-or CloudEvents 1.0). Event Grid signs nothing: the subscription URL carries
-``CHANNEL_WEBHOOK_SECRET`` as the query parameter ``secret``.
+Delivery reports and inbound messages reach us as Event Grid events; what is Event
+Grid's (schemas, handshakes, batches, the shared secret) is in ``eventgrid``.
 """
 
 from __future__ import annotations
@@ -19,20 +18,20 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 
 from channel.budget import Budget
-from channel.config import MAX_WEBHOOK_BODY_BYTES
 from channel.contracts import MAX_REQUEST_ID_CHARS
-from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
+from channel.errors import BadRequest, NotConfigured
 from channel.logs import printable
 from channel.phone import MAX_NUMBER_CHARS, international, mask
+from channel.providers import eventgrid
 from channel.providers.base import (
     MAX_ID_CHARS,
     Accepted,
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
     from channel.identity import TokenSource
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # The newest stable version of the SMS data plane (azure-rest-api-specs,
 # specification/communication/data-plane/Sms/stable/2026-01-23). It keeps every field we
@@ -324,11 +322,9 @@ def sender(
     return AcsProvider(endpoint=own.endpoint, session=session, tokens=tokens())
 
 
-# -- Webhooks: Event Grid events --------------------------------------------------------
-# https://learn.microsoft.com/azure/event-grid/webhook-event-delivery
+# -- Webhooks: ACS's SMS events, delivered by Event Grid (channel.providers.eventgrid) -----
 # https://learn.microsoft.com/azure/event-grid/communication-services-telephony-sms-events
 
-VALIDATION_EVENT = "microsoft.eventgrid.subscriptionvalidationevent"
 DELIVERY_REPORT_EVENT = "microsoft.communication.smsdeliveryreportreceived"
 RECEIVED_EVENT = "microsoft.communication.smsreceived"
 _ROUTE_OF = {DELIVERY_REPORT_EVENT: "delivery-report/acs", RECEIVED_EVENT: "inbound/acs"}
@@ -338,8 +334,7 @@ class AcsWebhooks:
     """Authenticates Event Grid calls by the shared secret and reads ACS's SMS events."""
 
     id = "acs"
-    max_body_bytes = MAX_WEBHOOK_BODY_BYTES
-    """Event Grid delivers batches of up to 1 MB (and drops an event answered 413)."""
+    max_body_bytes = eventgrid.MAX_BATCH_BYTES
 
     def __init__(self, *, secret: str, default_region: str = "US") -> None:
         self._secret = secret.encode("utf-8")
@@ -347,44 +342,19 @@ class AcsWebhooks:
 
     def verify(self, hook: Webhook) -> None:
         """Accept the call only if its query carries ``secret`` equal to ours."""
-        values = parse_qs(urlsplit(hook.url).query, keep_blank_values=True).get("secret")
-        if not values or not values[0]:
-            raise Unauthorized("the secret query parameter is missing")
-        # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
-        if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), self._secret):
-            raise Forbidden("the secret query parameter does not match")
+        eventgrid.verify_secret(hook, self._secret)
 
     def handshake(self, hook: Webhook) -> WebhookReply | None:
         """The answer to Event Grid's subscription validation, in either schema."""
-        if hook.method.upper() == "OPTIONS":
-            # CloudEvents 1.0 abuse protection: grant the origin that asks.
-            origin = hook.headers.get("webhook-request-origin")
-            if not origin:
-                return WebhookReply(status=200, headers={"Allow": "POST, OPTIONS"})
-            return WebhookReply(
-                status=200,
-                headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"},
-            )
-        for event in _events(hook):
-            if _type(event) == VALIDATION_EVENT:
-                code = _data(event).get("validationcode")
-                if not isinstance(code, str) or not code:
-                    raise BadRequest("data.validationCode", "is required")
-                log.info("event grid subscription validated on %s", urlsplit(hook.url).path)
-                return WebhookReply(
-                    status=200,
-                    body=json.dumps({"validationResponse": code}),
-                    mimetype="application/json",
-                )
-        return None
+        return eventgrid.handshake(hook)
 
     def status_reports(self, hook: Webhook) -> list[StatusReport]:
         """One report per SMSDeliveryReportReceived event; other events are acknowledged."""
-        return _each_event(hook, DELIVERY_REPORT_EVENT, self._report)
+        return eventgrid.each_event(hook, DELIVERY_REPORT_EVENT, self._report, routes=_ROUTE_OF)
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """One customer message per SMSReceived event; other events are acknowledged."""
-        return _each_event(hook, RECEIVED_EVENT, self._received)
+        return eventgrid.each_event(hook, RECEIVED_EVENT, self._received, routes=_ROUTE_OF)
 
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """Any 2xx tells Event Grid the delivery succeeded."""
@@ -430,82 +400,11 @@ class AcsWebhooks:
         )
 
 
-def _events(hook: Webhook) -> list[dict[str, Any]]:
-    """The events of a call: an Event Grid array, a CloudEvents batch or a single event."""
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON event or array of events") from None
-    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
-        raise BadRequest("body", "JSON nested too deeply") from None
-    events = body if isinstance(body, list) else [body]
-    if not all(isinstance(event, dict) for event in events):
-        raise BadRequest("body", "every event must be a JSON object")
-    return [_folded(event) for event in events]
-
-
-def _each_event(hook: Webhook, wanted: str, read: Callable[[Mapping[str, Any]], T]) -> list[T]:
-    """``read`` applied to the data of each ``wanted`` event, every other event logged.
-
-    A malformed event among good ones is skipped (answering 400 would make Event Grid
-    drop the whole batch); a call with no usable event at all is a 400.
-    """
-    found: list[T] = []
-    malformed: list[BadRequest] = []
-    for event in _events(hook):
-        kind = _type(event)
-        if kind == wanted:
-            try:
-                found.append(read(_data(event)))
-            except BadRequest as exc:
-                malformed.append(exc)
-                log.warning("event %s skipped: %s", _text_or(event, "id"), exc.detail)
-        elif kind in _ROUTE_OF:
-            log.warning(
-                "a %s event reached %s: it is handled at /api/%s (check the Event Grid "
-                "subscription's endpoint and event types)",
-                kind,
-                urlsplit(hook.url).path,
-                _ROUTE_OF[kind],
-            )
-        else:
-            log.info("event type %s acknowledged and ignored", printable(kind) or "(none)")
-    if malformed and not found:
-        raise malformed[0]
-    return found
-
-
-def _folded(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """The mapping with its keys in lower case, so they are read case-insensitively.
-
-    The Event Grid schema writes data keys in camelCase, CloudEvents in PascalCase (and
-    ``specversion`` as ``specVersion`` at times).
-    """
-    return {str(key).lower(): value for key, value in mapping.items()}
-
-
-def _type(event: Mapping[str, Any]) -> str:
-    kind = event.get("eventtype", event.get("type"))
-    return kind.lower() if isinstance(kind, str) else ""
-
-
-def _data(event: Mapping[str, Any]) -> dict[str, Any]:
-    data = event.get("data")
-    if not isinstance(data, dict):
-        raise BadRequest("data", "every event must carry a data object")
-    return _folded(data)
-
-
 def _text(data: Mapping[str, Any], name: str, limit: int = MAX_ID_CHARS) -> str:
     value = data.get(name.lower())
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"data.{name}", "is required")
     return webhook_field(value.strip(), f"data.{name}", limit)
-
-
-def _text_or(data: Mapping[str, Any], name: str) -> str:
-    value = data.get(name)
-    return printable(value) if isinstance(value, str) else "-"
 
 
 def webhooks(own: AcsSettings, settings: Settings) -> AcsWebhooks:
