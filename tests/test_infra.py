@@ -522,6 +522,11 @@ def test_the_deployed_settings_satisfy_config_in_azure(provider: str) -> None:
     assert read.public_url == "https://func-sms-x.azurewebsites.net"
 
 
+def test_the_sample_settings_list_every_setting_the_app_reads() -> None:
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert names_config_reads() - set(PLATFORM_PROVIDED) - set(sample) == set()
+
+
 def test_the_template_writes_the_settings_config_reads() -> None:
     written = set(deployed("twilio"))
     app_written = {name for name in written if not HOST_SETTINGS.fullmatch(name)}
