@@ -97,8 +97,7 @@ class SettingsReader:
 
     def read(self) -> Settings:
         """Every setting, the chosen provider's problems and notes among them."""
-        # The registry imports each provider module; imported here, as config is what
-        # channel.providers builds on.
+        # Imported here, not at the top: channel.providers and its modules import config.
         from channel.providers import PROVIDER_IDS, spec
 
         in_azure = self.get("WEBSITE_INSTANCE_ID") is not None
@@ -141,7 +140,7 @@ class SettingsReader:
         return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
 
     def _provider(self, in_azure: bool) -> str:
-        from channel.providers import PROVIDER_IDS
+        from channel.providers import PROVIDER_IDS  # see read()
 
         raw = self.get("CHANNEL_PROVIDER")
         if raw is None:

@@ -281,8 +281,8 @@ class ProviderSpec(Generic[S]):
     webhooks: Callable[[S, Settings], WebhookAdapter] | None = None
     """None for a provider that calls no webhook of ours (loopback)."""
     ambiguous_grace_seconds: float = DEFAULT_AMBIGUOUS_GRACE_SECONDS
-    """How long an attempt whose outcome is unknown blocks a new one: as long as a
-    provider that dedupes repeats keeps doing so, well within it."""
+    """How long an attempt whose outcome is unknown blocks a new one. A provider that
+    dedupes repeats only for a while (ACS: 5 minutes) wants the new one well within it."""
     correlated_by_id: bool = False
     """Its status reports name only its message id, nothing of ours (see Accepted)."""
 
