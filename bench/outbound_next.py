@@ -116,16 +116,22 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
     settings = Settings.from_env()
     sms = OutboundSms(RECIPIENT, SENDER_E164, TEXT, str(uuid.uuid4()), None)
     if provider == "vonage":
-        sender = vonage.from_settings(settings, requests.Session())
+        sender = vonage.sender(
+            vonage.SPEC.settings_in(settings), settings, requests.Session(), None
+        )
         body = json.dumps(sender.body(sms)).encode()
         headers = {
             "Authorization": "Bearer "
-            + vonage.ApplicationToken(APPLICATION_ID, settings.vonage_private_key or "")(),
+            + vonage.ApplicationToken(
+                APPLICATION_ID, vonage.SPEC.settings_in(settings).private_key or ""
+            )(),
             "Accept": "application/json",
             "Content-Type": "application/json",
         }
         return "/v1/messages", body, headers
-    telnyx_sender = telnyx.from_settings(settings, requests.Session())
+    telnyx_sender = telnyx.sender(
+        telnyx.SPEC.settings_in(settings), settings, requests.Session(), None
+    )
     headers = {
         "Authorization": f"Bearer {API_KEY}",
         "Content-Type": "application/json",

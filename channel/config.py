@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
 
-PROVIDER_IDS = ("loopback", "twilio", "acs", "vonage", "telnyx")
 MAX_BODY_BYTES = 64 * 1024
-MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
-ACS_AMBIGUOUS_GRACE_SECONDS = 60.0
-"""With ACS a new attempt repeats the first one's repeatability pair, which ACS dedupes
-for 5 minutes after its first-sent time: the new attempt must come well within them.
-Telnyx dedupes an Idempotency-Key for 24 hours: a new attempt is as safe, so as soon."""
-TWILIO_DEFAULT_BASE_URL = "https://api.twilio.com"
-VONAGE_DEFAULT_BASE_URL = "https://api.nexmo.com"
-TELNYX_DEFAULT_BASE_URL = "https://api.telnyx.com"
-_TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-_TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+"""How long an attempt whose outcome is unknown blocks a new one, unless the provider's
+description (channel.providers) says otherwise."""
 _HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")  # a name, an IPv4 or a bare IPv6 address
 _CONNECTION_STRING = re.compile(r"(?i)(accesskey|accountkey|sharedaccess|endpoint)\s*=|;")
 
@@ -39,7 +30,11 @@ def _clean(value: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting the app reads, typed, with the problems found while reading them."""
+    """Every setting the app reads, typed, with the problems found while reading them.
+
+    The channel-wide settings are fields; each provider's own (``TWILIO_*``, ``ACS_*``,
+    ...) are in ``providers``, read by the provider's module (``ProviderSpec.settings_in``).
+    """
 
     provider: str = "loopback"
     in_azure: bool = False
@@ -58,20 +53,8 @@ class Settings:
     dataverse_url: str | None = None
     dataverse_organization_id: str | None = None
     azure_client_id: str | None = None
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = field(default=None, repr=False)
-    twilio_messaging_service_sid: str | None = None
-    twilio_base_url: str = TWILIO_DEFAULT_BASE_URL
-    acs_endpoint: str | None = None
-    acs_access_key: str | None = field(default=None, repr=False)
-    vonage_application_id: str | None = None
-    vonage_private_key: str | None = field(default=None, repr=False)
-    vonage_signature_secret: str | None = field(default=None, repr=False)
-    vonage_base_url: str = VONAGE_DEFAULT_BASE_URL
-    telnyx_api_key: str | None = field(default=None, repr=False)
-    telnyx_public_key: str | None = None
-    telnyx_messaging_profile_id: str | None = None
-    telnyx_base_url: str = TELNYX_DEFAULT_BASE_URL
+    providers: Mapping[str, Any] = field(default_factory=dict)
+    """Each provider's typed settings by provider id (secrets kept out of their reprs)."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -94,11 +77,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``environ`` (default: the process environment)."""
-        return _SettingsReader(os.environ if environ is None else environ).read()
+        return SettingsReader(os.environ if environ is None else environ).read()
 
 
-class _SettingsReader:
-    """Reads raw strings into Settings, collecting every problem instead of stopping."""
+class SettingsReader:
+    """Reads raw strings into Settings, collecting every problem instead of stopping.
+
+    Providers read their own settings through it (``ProviderSpec.read_settings``).
+    """
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.env = environ
@@ -106,14 +92,19 @@ class _SettingsReader:
         self.notes: list[str] = []
 
     def get(self, name: str) -> str | None:
+        """The setting ``name``, None when unset, empty or blank."""
         return _clean(self.env.get(name))
 
     def read(self) -> Settings:
+        """Every setting, the chosen provider's problems and notes among them."""
+        # Imported here, not at the top: channel.providers and its modules import config.
+        from channel.providers import PROVIDER_IDS, spec
+
         in_azure = self.get("WEBSITE_INSTANCE_ID") is not None
         provider = self._provider(in_azure)
         grace = (
-            ACS_AMBIGUOUS_GRACE_SECONDS
-            if provider in ("acs", "telnyx")
+            spec(provider).ambiguous_grace_seconds
+            if provider in PROVIDER_IDS
             else DEFAULT_AMBIGUOUS_GRACE_SECONDS
         )
         values: dict[str, object] = {
@@ -125,7 +116,7 @@ class _SettingsReader:
             "message_part": self.get("CHANNEL_MESSAGE_PART") or "text",
             "default_region": self._region(),
             "storage_connection": self.get("CHANNEL_STORAGE_CONNECTION"),
-            "storage_url": self._url("CHANNEL_STORAGE_URL"),
+            "storage_url": self.url("CHANNEL_STORAGE_URL"),
             "storage_table": self.get("CHANNEL_STORAGE_TABLE") or "smschannel",
             "ledger_path": self.get("CHANNEL_LEDGER_PATH") or ".channel/ledger.sqlite3",
             "budget_seconds": self._seconds("CHANNEL_TIME_BUDGET_SECONDS", 20.0, 1.0, 110.0),
@@ -133,30 +124,24 @@ class _SettingsReader:
             "ambiguous_grace_seconds": self._seconds(
                 "CHANNEL_AMBIGUOUS_GRACE_SECONDS", grace, 0.0, 86400.0
             ),
-            "dataverse_url": self._url("DATAVERSE_URL"),
+            "dataverse_url": self.url("DATAVERSE_URL"),
             "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),
             "azure_client_id": self.get("AZURE_CLIENT_ID"),
-            "twilio_account_sid": self.get("TWILIO_ACCOUNT_SID"),
-            "twilio_auth_token": self.get("TWILIO_AUTH_TOKEN"),
-            "twilio_messaging_service_sid": self.get("TWILIO_MESSAGING_SERVICE_SID"),
-            "twilio_base_url": self._url("TWILIO_BASE_URL") or TWILIO_DEFAULT_BASE_URL,
-            "acs_endpoint": self._url("ACS_ENDPOINT"),
-            "acs_access_key": self.get("ACS_ACCESS_KEY"),
-            "vonage_application_id": self.get("VONAGE_APPLICATION_ID"),
-            "vonage_private_key": _pem(self.get("VONAGE_PRIVATE_KEY")),
-            "vonage_signature_secret": self.get("VONAGE_SIGNATURE_SECRET"),
-            "vonage_base_url": self._url("VONAGE_BASE_URL") or VONAGE_DEFAULT_BASE_URL,
-            "telnyx_api_key": self.get("TELNYX_API_KEY"),
-            "telnyx_public_key": self.get("TELNYX_PUBLIC_KEY"),
-            "telnyx_messaging_profile_id": self.get("TELNYX_MESSAGING_PROFILE_ID"),
-            "telnyx_base_url": self._url("TELNYX_BASE_URL") or TELNYX_DEFAULT_BASE_URL,
         }
+        # Every provider's settings are read (any provider's webhooks may be called);
+        # only the chosen one's problems and notes count.
+        owns = {provider_id: spec(provider_id).read_settings(self) for provider_id in PROVIDER_IDS}
+        values["providers"] = {provider_id: own.values for provider_id, own in owns.items()}
+        if provider in owns:
+            self.problems.extend(owns[provider].problems)
+            self.notes.extend(owns[provider].notes)
         settings = Settings(**values)  # type: ignore[arg-type]
-        self._check_provider(settings)
         self._check_environment(settings)
         return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
 
     def _provider(self, in_azure: bool) -> str:
+        from channel.providers import PROVIDER_IDS  # see read()
+
         raw = self.get("CHANNEL_PROVIDER")
         if raw is None:
             if in_azure:
@@ -172,7 +157,8 @@ class _SettingsReader:
             )
         return provider
 
-    def _url(self, name: str) -> str | None:
+    def url(self, name: str) -> str | None:
+        """The URL setting ``name`` without a trailing slash; a malformed one is a problem."""
         raw = self.get(name)
         if raw is None:
             return None
@@ -190,7 +176,7 @@ class _SettingsReader:
         return raw.rstrip("/")
 
     def _public_url(self) -> str | None:
-        url = self._url("CHANNEL_PUBLIC_URL")
+        url = self.url("CHANNEL_PUBLIC_URL")
         if url is not None:
             if urlsplit(url).query or urlsplit(url).fragment:
                 self.problems.append("CHANNEL_PUBLIC_URL must not carry a query or fragment")
@@ -246,73 +232,6 @@ class _SettingsReader:
             return default
         return value
 
-    def _check_provider(self, s: Settings) -> None:
-        if s.provider == "twilio":
-            if s.twilio_account_sid is None:
-                self.problems.append("TWILIO_ACCOUNT_SID is not set (provider twilio)")
-            elif not _TWILIO_ACCOUNT_SID.fullmatch(s.twilio_account_sid):
-                self.problems.append("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex")
-            if s.twilio_auth_token is None:
-                self.problems.append("TWILIO_AUTH_TOKEN is not set (provider twilio)")
-            service = s.twilio_messaging_service_sid
-            if service is not None and not _TWILIO_SERVICE_SID.fullmatch(service):
-                self.problems.append(
-                    "TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex"
-                )
-        elif s.provider == "acs":
-            if self.get("ACS_ENDPOINT") is None:  # a malformed one is a problem already
-                self.problems.append("ACS_ENDPOINT is not set (provider acs)")
-            if s.acs_access_key is not None and not _is_base64(s.acs_access_key):
-                self.problems.append(
-                    "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
-                    "not its connection string"
-                )
-            if s.webhook_secret is None:
-                self.notes.append(
-                    "CHANNEL_WEBHOOK_SECRET not set: ACS delivery reports and replies "
-                    "(Event Grid) are refused until it is"
-                )
-
-        elif s.provider == "vonage":
-            self._check_vonage(s)
-        elif s.provider == "telnyx":
-            self._check_telnyx(s)
-
-    def _check_vonage(self, s: Settings) -> None:
-        if s.vonage_application_id is None:
-            self.problems.append("VONAGE_APPLICATION_ID is not set (provider vonage)")
-        elif not _is_guid(s.vonage_application_id):
-            self.problems.append("VONAGE_APPLICATION_ID must be the application's id (a GUID)")
-        if s.vonage_private_key is None:
-            self.problems.append("VONAGE_PRIVATE_KEY is not set (provider vonage)")
-        elif not _is_rsa_private_key(s.vonage_private_key):
-            self.problems.append(
-                "VONAGE_PRIVATE_KEY is not an RSA private key in PEM form: paste the whole "
-                "private.key file of the Vonage application (newlines as is or as \\n)"
-            )
-        if s.vonage_signature_secret is None:
-            self.problems.append(
-                "VONAGE_SIGNATURE_SECRET is not set (provider vonage): delivery reports and "
-                "replies cannot be verified"
-            )
-
-    def _check_telnyx(self, s: Settings) -> None:
-        if s.telnyx_api_key is None:
-            self.problems.append("TELNYX_API_KEY is not set (provider telnyx)")
-        if s.telnyx_public_key is None:
-            self.problems.append(
-                "TELNYX_PUBLIC_KEY is not set (provider telnyx): delivery reports and "
-                "replies cannot be verified"
-            )
-        elif not is_ed25519_public_key(s.telnyx_public_key):
-            self.problems.append(
-                "TELNYX_PUBLIC_KEY is not a base64 Ed25519 public key (32 bytes): copy the "
-                "Public Key of the Telnyx portal's Keys & Credentials page"
-            )
-        profile = s.telnyx_messaging_profile_id
-        if profile is not None and not _is_guid(profile):
-            self.problems.append("TELNYX_MESSAGING_PROFILE_ID must be a GUID")
-
     def _check_environment(self, s: Settings) -> None:
         if s.in_azure and s.ledger_kind == "embedded":
             self.problems.append(
@@ -326,42 +245,10 @@ class _SettingsReader:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
 
 
-def _pem(value: str | None) -> str | None:
-    r"""A PEM setting with ``\n`` escapes turned into newlines (app settings are one line)."""
-    return None if value is None else value.replace("\\n", "\n")
-
-
-def _is_guid(value: str) -> bool:
+def is_guid(value: str) -> bool:
+    """True for a GUID in any of the forms uuid.UUID reads."""
     try:
         uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_rsa_private_key(pem: str) -> bool:
-    # cryptography comes with azure-identity; imported only when vonage is configured.
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(pem.encode("utf-8"), password=None)
-    except (ValueError, TypeError):  # not PEM, encrypted, or an unsupported key
-        return False
-    return isinstance(key, RSAPrivateKey)
-
-
-def is_ed25519_public_key(value: str) -> bool:
-    """True for a base64 string of 32 bytes (the form Telnyx shows its public key in)."""
-    try:
-        return len(base64.b64decode(value, validate=True)) == 32
-    except ValueError:
-        return False
-
-
-def _is_base64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
     except ValueError:
         return False
     return True

@@ -19,7 +19,7 @@ import requests
 
 from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
-from channel.errors import ServiceUnavailable
+from channel.errors import DataverseUnavailable
 from channel.phone import mask
 from channel.retry import MAX_ATTEMPTS, backoff, never_sent, parse_retry_after
 
@@ -38,31 +38,6 @@ MAX_CONCURRENT_CALLS = 16
 well under it so a burst of webhooks meets our queue, not Dataverse's 429."""
 
 _RETRYABLE_STATUSES = {502, 503, 504}
-
-
-class DataverseUnavailable(ServiceUnavailable):
-    """Dataverse did not take the call within the budget; it may be retried later."""
-
-    title = "Dataverse unavailable"
-    slug = "dataverse-unavailable"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        retry_after: int = 30,
-        code: str | None = None,
-        maybe_received: bool = False,
-    ) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        self.code = code
-        self.maybe_received = maybe_received
-        """The request went out and no answer came back: Dataverse may have acted on it."""
-
-    @property
-    def refused(self) -> bool:
-        """Dataverse answered with an error of its own (a refusal, not an outage)."""
-        return self.code is not None
 
 
 class Dataverse(Protocol):

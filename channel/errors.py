@@ -14,6 +14,7 @@ ChannelError                      base: carries status, title and detail
     ├── NotConfigured             settings are missing or wrong; lists every problem
     ├── ProviderUnavailable       the provider provably did not take the message
     ├── StoreUnavailable          the message ledger did not answer within the budget
+    ├── DataverseUnavailable      Dataverse did not take a call within the budget
     └── SendAmbiguous             the provider may have taken it; we will not re-POST blindly
 
 Every subclass maps to exactly one HTTP answer in ``channel.http``; nothing else
@@ -179,6 +180,31 @@ class StoreUnavailable(ServiceUnavailable):
 
     title = "Message ledger unavailable"
     slug = "ledger-unavailable"
+
+
+class DataverseUnavailable(ServiceUnavailable):
+    """Dataverse did not take the call within the budget; it may be retried later."""
+
+    title = "Dataverse unavailable"
+    slug = "dataverse-unavailable"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int = 30,
+        code: str | None = None,
+        maybe_received: bool = False,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.code = code
+        self.maybe_received = maybe_received
+        """The request went out and no answer came back: Dataverse may have acted on it."""
+
+    @property
+    def refused(self) -> bool:
+        """Dataverse answered with an error of its own (a refusal, not an outage)."""
+        return self.code is not None
 
 
 class SendAmbiguous(ServiceUnavailable):

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from channel.budget import Budget
-from channel.dataverse import DataverseUnavailable
+from channel.errors import DataverseUnavailable
 from channel.ledger.retention import sweep
 from channel.webhooks import ChannelDefinitionUnknown, WebhookService
 

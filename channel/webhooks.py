@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import DeliveryNotification, InboundMessage
-from channel.dataverse import Dataverse, DataverseUnavailable
-from channel.errors import ChannelError, NotConfigured, ServiceUnavailable
+from channel.dataverse import Dataverse
+from channel.errors import ChannelError, DataverseUnavailable, NotConfigured, ServiceUnavailable
 from channel.ledger import MessageLedger
 from channel.ledger.outbox import Lease, Outbox
 from channel.logs import log_unexpected

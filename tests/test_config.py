@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from channel.config import Settings
+from channel.providers import twilio
 from tests.data import TWILIO_SID, TWILIO_TOKEN
 
 
@@ -70,7 +71,7 @@ def test_twilio_settings_are_checked_for_shape() -> None:
         {"CHANNEL_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": TWILIO_SID, "TWILIO_AUTH_TOKEN": "t"}
     )
     assert good.problems == ()
-    assert good.twilio_base_url == "https://api.twilio.com"
+    assert twilio.SPEC.settings_in(good).base_url == "https://api.twilio.com"
 
 
 def test_secrets_never_appear_in_repr() -> None:

@@ -15,7 +15,8 @@ from werkzeug import Response
 
 from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
-from channel.dataverse import DataverseClient, DataverseUnavailable
+from channel.dataverse import DataverseClient
+from channel.errors import DataverseUnavailable
 from channel.identity import TokenSource
 from tests.data import DEFINITION_ID, RECIPIENT, REPLY_TEXT, SENDER, TEXT
 from tests.fakes import ORGANIZATION_ID, FakeDataverse, FakeIdentity

@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from channel.config import PROVIDER_IDS, Settings
+from channel.config import Settings
+from channel.providers import PROVIDER_IDS
 from tests.bicep import (
     INFRA,
     MAIN,
@@ -225,8 +226,15 @@ def secret_names() -> set[str]:
     names = names_config_reads()
     environ = {name: f"sentinel-{name}" for name in names}
     settings = Settings.from_env(environ)
-    hidden = [f.name for f in dataclasses.fields(Settings) if not f.repr]
-    values = {getattr(settings, name) for name in hidden}
+    # The channel-wide settings and each provider's own (Settings.providers).
+    holders = [settings, *settings.providers.values()]
+    values = {
+        getattr(holder, f.name)
+        for holder in holders
+        if dataclasses.is_dataclass(holder)
+        for f in dataclasses.fields(holder)
+        if not f.repr
+    }
     return {name for name in names if f"sentinel-{name}" in values}
 
 
@@ -512,6 +520,11 @@ def test_the_deployed_settings_satisfy_config_in_azure(provider: str) -> None:
     assert read.in_azure
     assert read.ledger_kind == "table"
     assert read.public_url == "https://func-sms-x.azurewebsites.net"
+
+
+def test_the_sample_settings_list_every_setting_the_app_reads() -> None:
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert names_config_reads() - set(PLATFORM_PROVIDED) - set(sample) == set()
 
 
 def test_the_template_writes_the_settings_config_reads() -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Response
 
 from channel.config import Settings
 from channel.providers import telnyx as telnyx_provider
@@ -118,6 +119,15 @@ def test_permanent_refusal_is_not_sent_and_replays(
 
 def test_throttling_is_retried_and_then_sent(call: Call, telnyx: FakeTelnyx) -> None:
     telnyx.answer(429, failure(10011, "Too many requests"), {"Retry-After": "0"})
+    assert_ok(call("outbound", payload()), sent(telnyx.message_id(1)))
+    assert len(telnyx.posts) == 2
+
+
+def test_an_answer_nested_too_deeply_is_read_as_no_body(call: Call, telnyx: FakeTelnyx) -> None:
+    # Deeper than the JSON parser goes: read as no body (here a 429: retried), never a 500.
+    telnyx.script.append(
+        lambda post: Response(b"[" * 60_000, status=429, content_type="application/json")
+    )
     assert_ok(call("outbound", payload()), sent(telnyx.message_id(1)))
     assert len(telnyx.posts) == 2
 

@@ -15,6 +15,7 @@ import jwt
 import pytest
 import vonage_jwt
 from pytest_httpserver import HTTPServer
+from werkzeug import Response
 
 from channel.config import Settings
 from tests.conftest import Call, Configure, answer_json
@@ -145,6 +146,15 @@ def test_throttling_is_retried_and_then_sent(call: Call, vonage: FakeVonage, sta
     assert_ok(call("outbound", payload()), sent(vonage.message_uuid(1)))
     assert len(vonage.posts) == 2
     assert len(vonage.messages) == 1
+
+
+def test_an_answer_nested_too_deeply_is_read_as_no_body(call: Call, vonage: FakeVonage) -> None:
+    # Deeper than the JSON parser goes: read as no body (here a 429: retried), never a 500.
+    vonage.script.append(
+        lambda post: Response(b"[" * 60_000, status=429, content_type="application/json")
+    )
+    assert_ok(call("outbound", payload()), sent(vonage.message_uuid(1)))
+    assert len(vonage.posts) == 2
 
 
 def test_persistent_throttling_beyond_the_budget_is_503_and_unsent(

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import importlib
-import inspect
-from collections.abc import Callable
-from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import requests
-
-from channel.config import PROVIDER_IDS, Settings
 from channel.errors import NotFound, NotImplementedYet
-from channel.providers.base import Provider, WebhookAdapter
 
 if TYPE_CHECKING:
-    from channel.identity import TokenSource
+    import requests
 
-# Adding a provider: one module with ``from_settings(settings, session)`` (sending) and
-# ``webhooks_from_settings(settings)`` (its webhooks), and one line here. A builder that
-# needs the app's managed identity also takes ``tokens`` (see build_provider). Modules are
-# imported on first use to keep cold starts short.
+    from channel.config import Settings
+    from channel.providers.base import Provider, ProviderSpec, Tokens, WebhookAdapter
+
+# Adding a provider: one module whose ``SPEC`` (a ProviderSpec) describes it, and one
+# line here. Modules are named, not imported: each is imported when the settings are
+# read, never when the app is (cold start).
 _MODULES = {
     "loopback": "channel.providers.loopback",
     "twilio": "channel.providers.twilio",
@@ -28,40 +23,34 @@ _MODULES = {
     "vonage": "channel.providers.vonage",
     "telnyx": "channel.providers.telnyx",
 }
+PROVIDER_IDS = tuple(_MODULES)
+"""Every value CHANNEL_PROVIDER and the webhook routes' ``{provider}`` take."""
+
+
+def spec(provider_id: str) -> ProviderSpec[Any]:
+    """The description of ``provider_id``; NotFound for an id that names no provider."""
+    name = _MODULES.get(provider_id)
+    if name is None:
+        raise NotFound(f"no provider '{provider_id}' (known: {', '.join(PROVIDER_IDS)})")
+    described: ProviderSpec[Any] = importlib.import_module(name).SPEC
+    return described
 
 
 def build_provider(
-    settings: Settings,
-    session: requests.Session,
-    tokens: Callable[[], TokenSource] | None = None,
+    settings: Settings, session: requests.Session, tokens: Tokens | None = None
 ) -> Provider:
     """The sending adapter for ``settings.provider``, wired to the shared HTTP session.
 
-    ``tokens`` gives the process's one TokenSource; it is passed on (uncalled, so
-    azure-identity is imported only by a provider that uses it) to builders that
-    declare a ``tokens`` parameter.
+    ``tokens`` gives the process's one TokenSource, passed on uncalled so that
+    azure-identity is imported only by a provider that uses it.
     """
-    build = _module(settings.provider).from_settings
-    if tokens is not None and "tokens" in inspect.signature(build).parameters:
-        provider: Provider = build(settings, session, tokens=tokens)
-    else:
-        provider = build(settings, session)
-    return provider
+    chosen = spec(settings.provider)
+    return chosen.sender(chosen.settings_in(settings), settings, session, tokens)
 
 
 def build_webhooks(provider_id: str, settings: Settings) -> WebhookAdapter:
     """The webhook adapter of ``provider_id`` (whatever provider sends outbound)."""
-    module = _module(provider_id)
-    if not hasattr(module, "webhooks_from_settings"):
+    described = spec(provider_id)
+    if described.webhooks is None:
         raise NotImplementedYet(f"provider '{provider_id}' has no webhooks")
-    adapter: WebhookAdapter = module.webhooks_from_settings(settings)
-    return adapter
-
-
-def _module(provider_id: str) -> ModuleType:
-    if provider_id not in PROVIDER_IDS:
-        raise NotFound(f"no provider '{provider_id}' (known: {', '.join(PROVIDER_IDS)})")
-    name = _MODULES.get(provider_id)
-    if name is None:
-        raise NotImplementedYet(f"provider '{provider_id}' is not available in this version")
-    return importlib.import_module(name)
+    return described.webhooks(described.settings_in(settings), settings)

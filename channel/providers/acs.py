@@ -5,9 +5,8 @@ key (HMAC-SHA256) or authorised with a managed-identity token. Each message carr
 ACS repeatability pair derived from our RequestId, so ACS executes it at most once
 however often it is POSTed: an attempt whose answer was lost may be repeated at once.
 
-Delivery reports and inbound messages reach us as Event Grid events (Event Grid schema
-or CloudEvents 1.0). Event Grid signs nothing: the subscription URL carries
-``CHANNEL_WEBHOOK_SECRET`` as the query parameter ``secret``.
+Delivery reports and inbound messages reach us as Event Grid events; what is Event
+Grid's (schemas, handshakes, batches, the shared secret) is in ``eventgrid``.
 """
 
 from __future__ import annotations
@@ -19,46 +18,49 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 
 from channel.budget import Budget
-from channel.config import MAX_WEBHOOK_BODY_BYTES, Settings
 from channel.contracts import MAX_REQUEST_ID_CHARS
-from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
+from channel.errors import BadRequest, NotConfigured
 from channel.logs import printable
-from channel.phone import MAX_NUMBER_CHARS, mask, to_e164
+from channel.phone import MAX_NUMBER_CHARS, international, mask
+from channel.providers import eventgrid
 from channel.providers.base import (
     MAX_ID_CHARS,
     Accepted,
     DeliveryState,
     OutboundSms,
     OutcomeUnknown,
+    OwnSettings,
     ProviderMisconfigured,
+    ProviderSpec,
     ReceivedSms,
     Rejected,
     SafeToRepeat,
     SendOutcome,
     StatusReport,
     Throttled,
-    Unreachable,
+    Tokens,
     Webhook,
     WebhookReply,
     received_text,
     unsendable,
     webhook_field,
 )
-from channel.retry import never_sent, parse_retry_after
+from channel.providers.rest import READ_TIMEOUT, json_object, post_once, retry_after
 
 if TYPE_CHECKING:
+    from channel.config import Settings, SettingsReader
     from channel.identity import TokenSource
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # The newest stable version of the SMS data plane (azure-rest-api-specs,
 # specification/communication/data-plane/Sms/stable/2026-01-23). It keeps every field we
@@ -70,9 +72,6 @@ T = TypeVar("T")
 API_VERSION = "2026-01-23"
 SCOPE = "https://communication.azure.com//.default"
 """Entra ID scope of ACS, double slash included, as azure-communication-sms writes it."""
-CONNECT_TIMEOUT = 3.05
-READ_TIMEOUT = 10.0
-"""Leaves room in the 20 s budget for one repeat after a read timeout."""
 MAX_RECEIVED_CHARS = 2048
 """The longest SMS text ACS handles (2,048 bytes, auto-concatenated): a reply is cut there."""
 REPEATABILITY_NAMESPACE = uuid.UUID("7e65c13f-975c-4865-8225-e913449bd418")
@@ -147,19 +146,18 @@ class AcsProvider:
         except Exception as exc:  # nothing was sent: never taken for an unknown outcome
             raise unsendable(sms, "ACS", exc) from exc
         headers = self.headers(body)
-        try:
-            reply = self._session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
-        except requests.RequestException as exc:
-            if never_sent(exc):
-                raise Unreachable(f"could not connect to ACS: {type(exc).__name__}") from exc
-            # The request may have reached ACS; a repeat carries the same repeatability
-            # pair, so ACS executes it only if the first one never got there.
-            raise SafeToRepeat(f"no usable answer from ACS: {type(exc).__name__}") from exc
+        reply = post_once(
+            self._session,
+            self.url,
+            provider="ACS",
+            budget=budget,
+            # A repeat carries the same repeatability pair, so ACS executes it only if
+            # the first one never got there.
+            deduped=True,
+            read_timeout=READ_TIMEOUT,
+            data=body,
+            headers=headers,
+        )
         return self._outcome(reply, sms)
 
     def body(self, sms: OutboundSms) -> bytes:
@@ -209,7 +207,7 @@ class AcsProvider:
     def _outcome(self, reply: requests.Response, sms: OutboundSms) -> SendOutcome:
         status = reply.status_code
         if status == 429:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if status in (401, 403, 404):
             raise ProviderMisconfigured(
                 f"ACS refused the request (HTTP {status}): check ACS_ENDPOINT and the access "
@@ -222,9 +220,9 @@ class AcsProvider:
         if status >= 500:
             raise SafeToRepeat(
                 f"ACS answered HTTP {status}",
-                retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                retry_after=retry_after(reply),
             )
-        body = _json(reply)
+        body = json_object(reply)
         if 400 <= status < 500:
             error = body.get("error")
             reason = str(error.get("message") or "") if isinstance(error, dict) else ""
@@ -251,7 +249,7 @@ class AcsProvider:
             # tell us whether an earlier attempt was executed.
             raise OutcomeUnknown(_REPEAT_WINDOW)
         if code == 429:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if code in (401, 403):
             raise ProviderMisconfigured(f"ACS refused the recipient for our account (HTTP {code})")
         if code is None or code == 409 or code >= 500 or code < 400:
@@ -269,34 +267,64 @@ _REPEAT_WINDOW = (
 )
 
 
-def _json(reply: requests.Response) -> dict[str, Any]:
+# -- Settings ----------------------------------------------------------------------------
+
+AMBIGUOUS_GRACE_SECONDS = 60.0
+"""A new attempt repeats the first one's repeatability pair, which ACS dedupes for 5
+minutes after its first-sent time: the new attempt must come well within them."""
+
+
+@dataclass(frozen=True)
+class AcsSettings:
+    """The ACS_* settings."""
+
+    endpoint: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+
+
+def read_settings(reader: SettingsReader) -> OwnSettings[AcsSettings]:
+    """Read ACS_* and say what keeps ACS from sending."""
+    own = AcsSettings(endpoint=reader.url("ACS_ENDPOINT"), access_key=reader.get("ACS_ACCESS_KEY"))
+    problems, notes = [], []
+    if reader.get("ACS_ENDPOINT") is None:  # a malformed one is a problem already
+        problems.append("ACS_ENDPOINT is not set (provider acs)")
+    if own.access_key is not None and not _is_base64(own.access_key):
+        problems.append(
+            "ACS_ACCESS_KEY is not base64: copy a Key of the resource (Keys blade), "
+            "not its connection string"
+        )
+    if reader.get("CHANNEL_WEBHOOK_SECRET") is None:
+        notes.append(
+            "CHANNEL_WEBHOOK_SECRET not set: ACS delivery reports and replies "
+            "(Event Grid) are refused until it is"
+        )
+    return OwnSettings(own, tuple(problems), tuple(notes))
+
+
+def _is_base64(value: str) -> bool:
     try:
-        body = reply.json()
+        base64.b64decode(value, validate=True)
     except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        return False
+    return True
 
 
-def from_settings(
-    settings: Settings,
-    session: requests.Session,
-    tokens: Callable[[], TokenSource] | None = None,
+def sender(
+    own: AcsSettings, settings: Settings, session: requests.Session, tokens: Tokens | None
 ) -> AcsProvider:
     """Build the ACS adapter: HMAC with ACS_ACCESS_KEY, else the app's managed identity."""
-    assert settings.acs_endpoint is not None  # noqa: S101 - config guarantees it
-    if settings.acs_access_key is not None:
-        key = base64.b64decode(settings.acs_access_key)  # config checked it is base64
-        return AcsProvider(endpoint=settings.acs_endpoint, session=session, access_key=key)
+    assert own.endpoint is not None  # noqa: S101 - read_settings guarantees it
+    if own.access_key is not None:
+        key = base64.b64decode(own.access_key)  # read_settings checked it is base64
+        return AcsProvider(endpoint=own.endpoint, session=session, access_key=key)
     if tokens is None:
         raise NotConfigured(["ACS_ACCESS_KEY is not set and no managed identity is available"])
-    return AcsProvider(endpoint=settings.acs_endpoint, session=session, tokens=tokens())
+    return AcsProvider(endpoint=own.endpoint, session=session, tokens=tokens())
 
 
-# -- Webhooks: Event Grid events --------------------------------------------------------
-# https://learn.microsoft.com/azure/event-grid/webhook-event-delivery
+# -- Webhooks: ACS's SMS events, delivered by Event Grid (channel.providers.eventgrid) -----
 # https://learn.microsoft.com/azure/event-grid/communication-services-telephony-sms-events
 
-VALIDATION_EVENT = "microsoft.eventgrid.subscriptionvalidationevent"
 DELIVERY_REPORT_EVENT = "microsoft.communication.smsdeliveryreportreceived"
 RECEIVED_EVENT = "microsoft.communication.smsreceived"
 _ROUTE_OF = {DELIVERY_REPORT_EVENT: "delivery-report/acs", RECEIVED_EVENT: "inbound/acs"}
@@ -306,8 +334,7 @@ class AcsWebhooks:
     """Authenticates Event Grid calls by the shared secret and reads ACS's SMS events."""
 
     id = "acs"
-    max_body_bytes = MAX_WEBHOOK_BODY_BYTES
-    """Event Grid delivers batches of up to 1 MB (and drops an event answered 413)."""
+    max_body_bytes = eventgrid.MAX_BATCH_BYTES
 
     def __init__(self, *, secret: str, default_region: str = "US") -> None:
         self._secret = secret.encode("utf-8")
@@ -315,44 +342,19 @@ class AcsWebhooks:
 
     def verify(self, hook: Webhook) -> None:
         """Accept the call only if its query carries ``secret`` equal to ours."""
-        values = parse_qs(urlsplit(hook.url).query, keep_blank_values=True).get("secret")
-        if not values or not values[0]:
-            raise Unauthorized("the secret query parameter is missing")
-        # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
-        if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), self._secret):
-            raise Forbidden("the secret query parameter does not match")
+        eventgrid.verify_secret(hook, self._secret)
 
     def handshake(self, hook: Webhook) -> WebhookReply | None:
         """The answer to Event Grid's subscription validation, in either schema."""
-        if hook.method.upper() == "OPTIONS":
-            # CloudEvents 1.0 abuse protection: grant the origin that asks.
-            origin = hook.headers.get("webhook-request-origin")
-            if not origin:
-                return WebhookReply(status=200, headers={"Allow": "POST, OPTIONS"})
-            return WebhookReply(
-                status=200,
-                headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"},
-            )
-        for event in _events(hook):
-            if _type(event) == VALIDATION_EVENT:
-                code = _data(event).get("validationcode")
-                if not isinstance(code, str) or not code:
-                    raise BadRequest("data.validationCode", "is required")
-                log.info("event grid subscription validated on %s", urlsplit(hook.url).path)
-                return WebhookReply(
-                    status=200,
-                    body=json.dumps({"validationResponse": code}),
-                    mimetype="application/json",
-                )
-        return None
+        return eventgrid.handshake(hook)
 
     def status_reports(self, hook: Webhook) -> list[StatusReport]:
         """One report per SMSDeliveryReportReceived event; other events are acknowledged."""
-        return _each_event(hook, DELIVERY_REPORT_EVENT, self._report)
+        return eventgrid.each_event(hook, DELIVERY_REPORT_EVENT, self._report, routes=_ROUTE_OF)
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """One customer message per SMSReceived event; other events are acknowledged."""
-        return _each_event(hook, RECEIVED_EVENT, self._received)
+        return eventgrid.each_event(hook, RECEIVED_EVENT, self._received, routes=_ROUTE_OF)
 
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """Any 2xx tells Event Grid the delivery succeeded."""
@@ -392,76 +394,10 @@ class AcsWebhooks:
             )
         return ReceivedSms(
             message_id=message_id,
-            customer=_e164(customer, self.default_region),
-            our_number=_e164(ours, self.default_region),
+            customer=international(customer, self.default_region),
+            our_number=international(ours, self.default_region),
             text=text,
         )
-
-
-def _events(hook: Webhook) -> list[dict[str, Any]]:
-    """The events of a call: an Event Grid array, a CloudEvents batch or a single event."""
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON event or array of events") from None
-    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
-        raise BadRequest("body", "JSON nested too deeply") from None
-    events = body if isinstance(body, list) else [body]
-    if not all(isinstance(event, dict) for event in events):
-        raise BadRequest("body", "every event must be a JSON object")
-    return [_folded(event) for event in events]
-
-
-def _each_event(hook: Webhook, wanted: str, read: Callable[[Mapping[str, Any]], T]) -> list[T]:
-    """``read`` applied to the data of each ``wanted`` event, every other event logged.
-
-    A malformed event among good ones is skipped (answering 400 would make Event Grid
-    drop the whole batch); a call with no usable event at all is a 400.
-    """
-    found: list[T] = []
-    malformed: list[BadRequest] = []
-    for event in _events(hook):
-        kind = _type(event)
-        if kind == wanted:
-            try:
-                found.append(read(_data(event)))
-            except BadRequest as exc:
-                malformed.append(exc)
-                log.warning("event %s skipped: %s", _text_or(event, "id"), exc.detail)
-        elif kind in _ROUTE_OF:
-            log.warning(
-                "a %s event reached %s: it is handled at /api/%s (check the Event Grid "
-                "subscription's endpoint and event types)",
-                kind,
-                urlsplit(hook.url).path,
-                _ROUTE_OF[kind],
-            )
-        else:
-            log.info("event type %s acknowledged and ignored", printable(kind) or "(none)")
-    if malformed and not found:
-        raise malformed[0]
-    return found
-
-
-def _folded(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """The mapping with its keys in lower case, so they are read case-insensitively.
-
-    The Event Grid schema writes data keys in camelCase, CloudEvents in PascalCase (and
-    ``specversion`` as ``specVersion`` at times).
-    """
-    return {str(key).lower(): value for key, value in mapping.items()}
-
-
-def _type(event: Mapping[str, Any]) -> str:
-    kind = event.get("eventtype", event.get("type"))
-    return kind.lower() if isinstance(kind, str) else ""
-
-
-def _data(event: Mapping[str, Any]) -> dict[str, Any]:
-    data = event.get("data")
-    if not isinstance(data, dict):
-        raise BadRequest("data", "every event must carry a data object")
-    return _folded(data)
 
 
 def _text(data: Mapping[str, Any], name: str, limit: int = MAX_ID_CHARS) -> str:
@@ -471,30 +407,19 @@ def _text(data: Mapping[str, Any], name: str, limit: int = MAX_ID_CHARS) -> str:
     return webhook_field(value.strip(), f"data.{name}", limit)
 
 
-def _text_or(data: Mapping[str, Any], name: str) -> str:
-    value = data.get(name)
-    return printable(value) if isinstance(value, str) else "-"
-
-
-def _e164(number: str, region: str) -> str:
-    """ACS writes international numbers without '+' (``14255550199``): E.164 with '+'.
-
-    Short codes and alphanumeric ids stay as they are.
-    """
-    if number.startswith("+"):
-        return number
-    e164 = to_e164(number, region)
-    if e164 is not None:
-        return e164
-    if number.isdigit() and len(number) >= 8:  # a long number libphonenumber does not know
-        return "+" + number
-    return number
-
-
-def webhooks_from_settings(settings: Settings) -> AcsWebhooks:
+def webhooks(own: AcsSettings, settings: Settings) -> AcsWebhooks:
     """Build the webhook side of ACS: needs CHANNEL_WEBHOOK_SECRET."""
     if settings.webhook_secret is None:
         raise NotConfigured(
             ["CHANNEL_WEBHOOK_SECRET is not set: Event Grid calls for ACS cannot be authenticated"]
         )
     return AcsWebhooks(secret=settings.webhook_secret, default_region=settings.default_region)
+
+
+SPEC = ProviderSpec(
+    "acs",
+    read_settings=read_settings,
+    sender=sender,
+    webhooks=webhooks,
+    ambiguous_grace_seconds=AMBIGUOUS_GRACE_SECONDS,
+)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import enum
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from channel.budget import Budget
+from channel.config import DEFAULT_AMBIGUOUS_GRACE_SECONDS
 from channel.errors import BadRequest
+
+if TYPE_CHECKING:
+    import requests
+
+    from channel.config import Settings, SettingsReader
+    from channel.identity import TokenSource
 
 MAX_ID_CHARS = 256
 """Provider message ids (Twilio's are 34 characters, ACS's about 70) and correlations."""
@@ -238,3 +245,48 @@ def received_text(text: str, limit: int) -> str:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 """What a str holds only when it came from an escaped lone surrogate (json.loads joins
 escaped pairs into one character)."""
+
+
+# -- The description of a provider, as the registry (channel.providers) holds it ----------
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class OwnSettings(Generic[S]):
+    """A provider's settings as read, and what is wrong with them if it is the one chosen."""
+
+    values: S
+    problems: tuple[str, ...] = ()
+    """Refusals to send (health 503) when ``CHANNEL_PROVIDER`` names this provider."""
+    notes: tuple[str, ...] = ()
+
+
+Tokens = Callable[[], "TokenSource"]
+"""The process's one TokenSource, created on first call (azure-identity is imported then)."""
+
+
+@dataclass(frozen=True)
+class ProviderSpec(Generic[S]):
+    """Everything the app needs to know about one provider, kept in its own module.
+
+    ``read_settings`` reads the provider's settings through the one settings reader
+    (nothing else touches the environment) and says what is wrong with them;
+    ``sender`` and ``webhooks`` build its adapters from them.
+    """
+
+    id: str
+    read_settings: Callable[[SettingsReader], OwnSettings[S]]
+    sender: Callable[[S, Settings, requests.Session, Tokens | None], Provider]
+    webhooks: Callable[[S, Settings], WebhookAdapter] | None = None
+    """None for a provider that calls no webhook of ours (loopback)."""
+    ambiguous_grace_seconds: float = DEFAULT_AMBIGUOUS_GRACE_SECONDS
+    """How long an attempt whose outcome is unknown blocks a new one. A provider that
+    dedupes repeats only for a while (ACS: 5 minutes) wants the new one well within it."""
+    correlated_by_id: bool = False
+    """Its status reports name only its message id, nothing of ours (see Accepted)."""
+
+    def settings_in(self, settings: Settings) -> S:
+        """The provider's own part of ``settings``."""
+        values: S = settings.providers[self.id]
+        return values

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-
-import requests
+from typing import TYPE_CHECKING
 
 from channel.budget import Budget
-from channel.config import Settings
 from channel.phone import mask
-from channel.providers.base import Accepted, OutboundSms
+from channel.providers.base import Accepted, OutboundSms, OwnSettings, ProviderSpec, Tokens
+
+if TYPE_CHECKING:
+    import requests
+
+    from channel.config import Settings, SettingsReader
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,17 @@ class LoopbackProvider:
         return Accepted(message_id)
 
 
-def from_settings(settings: Settings, session: requests.Session) -> LoopbackProvider:
+def _no_settings(reader: SettingsReader) -> OwnSettings[None]:
+    """The loopback provider has no settings of its own."""
+    return OwnSettings(None)
+
+
+def _sender(
+    own: None, settings: Settings, session: requests.Session, tokens: Tokens | None
+) -> LoopbackProvider:
     """Build the loopback provider; it needs no settings."""
     return LoopbackProvider()
+
+
+SPEC = ProviderSpec[None]("loopback", read_settings=_no_settings, sender=_sender)
+"""Sends nothing and calls no webhook of ours."""

@@ -28,6 +28,7 @@ def post_once(
     provider: str,
     budget: Budget,
     deduped: bool,
+    read_timeout: float = READ_TIMEOUT,
     **kwargs: Any,
 ) -> requests.Response:
     """POST once within ``budget``; a failure raises what it means for a resend.
@@ -36,7 +37,7 @@ def post_once(
     create a second message (SafeToRepeat instead of OutcomeUnknown).
     """
     try:
-        return session.post(url, timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs)
+        return session.post(url, timeout=budget.timeout(CONNECT_TIMEOUT, read_timeout), **kwargs)
     except requests.RequestException as exc:
         kind = type(exc).__name__
         if never_sent(exc):
@@ -52,7 +53,7 @@ def json_object(reply: requests.Response) -> dict[str, Any]:
     """The reply's JSON object, or an empty one when the body is not a JSON object."""
     try:
         body = reply.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return {}
     return body if isinstance(body, dict) else {}
 

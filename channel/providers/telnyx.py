@@ -22,14 +22,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import requests
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from channel.budget import Budget
-from channel.config import Settings, is_ed25519_public_key
+from channel.config import is_guid
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.phone import mask
 from channel.providers.base import (
@@ -37,17 +36,25 @@ from channel.providers.base import (
     DeliveryState,
     OutboundSms,
     OutcomeUnknown,
+    OwnSettings,
     ProviderMisconfigured,
+    ProviderSpec,
     ReceivedSms,
     Rejected,
     SafeToRepeat,
     SendOutcome,
     StatusReport,
     Throttled,
+    Tokens,
     Webhook,
     WebhookReply,
 )
 from channel.providers.rest import json_object, post_once, retry_after
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from channel.config import Settings, SettingsReader
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ class TelnyxProvider:
             if not isinstance(message_id, str) or not message_id:
                 raise SafeToRepeat(f"Telnyx answered {status} without a message id")
             log.info("telnyx accepted %s for %s", message_id, mask(sms.to))
-            return Accepted(message_id, correlated_by_id=True)
+            return Accepted(message_id, correlated_by_id=SPEC.correlated_by_id)
         codes = _error_codes(body)
         if codes & _PERMANENT_CODES:
             # Telnyx's detail may quote the recipient's number: keep it below INFO.
@@ -173,14 +180,69 @@ def _title(body: dict[str, Any]) -> str:
     return str(first.get("title") or "") if isinstance(first, dict) else ""
 
 
-def from_settings(settings: Settings, session: requests.Session) -> TelnyxProvider:
-    """Build the Telnyx adapter from TELNYX_* settings (validated in config)."""
-    assert settings.telnyx_api_key is not None  # noqa: S101 - config guarantees it
+# -- Settings ----------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.telnyx.com"
+AMBIGUOUS_GRACE_SECONDS = 60.0
+"""Telnyx dedupes an Idempotency-Key for 24 hours: a new attempt is as safe as with ACS,
+so as soon."""
+
+
+@dataclass(frozen=True)
+class TelnyxSettings:
+    """The TELNYX_* settings."""
+
+    api_key: str | None = field(default=None, repr=False)
+    public_key: str | None = None
+    messaging_profile_id: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+
+
+def read_settings(reader: SettingsReader) -> OwnSettings[TelnyxSettings]:
+    """Read TELNYX_* and say what keeps Telnyx from sending."""
+    own = TelnyxSettings(
+        api_key=reader.get("TELNYX_API_KEY"),
+        public_key=reader.get("TELNYX_PUBLIC_KEY"),
+        messaging_profile_id=reader.get("TELNYX_MESSAGING_PROFILE_ID"),
+        base_url=reader.url("TELNYX_BASE_URL") or DEFAULT_BASE_URL,
+    )
+    problems = []
+    if own.api_key is None:
+        problems.append("TELNYX_API_KEY is not set (provider telnyx)")
+    if own.public_key is None:
+        problems.append(
+            "TELNYX_PUBLIC_KEY is not set (provider telnyx): delivery reports and "
+            "replies cannot be verified"
+        )
+    elif not is_ed25519_public_key(own.public_key):
+        problems.append(
+            "TELNYX_PUBLIC_KEY is not a base64 Ed25519 public key (32 bytes): copy the "
+            "Public Key of the Telnyx portal's Keys & Credentials page"
+        )
+    profile = own.messaging_profile_id
+    if profile is not None and not is_guid(profile):
+        problems.append("TELNYX_MESSAGING_PROFILE_ID must be a GUID")
+    return OwnSettings(own, tuple(problems))
+
+
+def is_ed25519_public_key(value: str) -> bool:
+    """True for a base64 string of 32 bytes (the form Telnyx shows its public key in)."""
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except ValueError:
+        return False
+
+
+def sender(
+    own: TelnyxSettings, settings: Settings, session: requests.Session, tokens: Tokens | None
+) -> TelnyxProvider:
+    """Build the Telnyx adapter from TELNYX_* settings (read_settings checked them)."""
+    assert own.api_key is not None  # noqa: S101 - read_settings guarantees it
     return TelnyxProvider(
-        api_key=settings.telnyx_api_key,
+        api_key=own.api_key,
         session=session,
-        base_url=settings.telnyx_base_url,
-        messaging_profile_id=settings.telnyx_messaging_profile_id,
+        base_url=own.base_url,
+        messaging_profile_id=own.messaging_profile_id,
     )
 
 
@@ -202,11 +264,18 @@ class TelnyxWebhooks:
     max_body_bytes = 64 * 1024
 
     def __init__(self, *, public_key: str, clock: Callable[[], float] = time.time) -> None:
-        self._key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
+        # cryptography: imported by the process that uses Telnyx only.
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        self._key: Ed25519PublicKey = Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(public_key)
+        )
         self._clock = clock
 
     def verify(self, hook: Webhook) -> None:
         """Accept the call only if Telnyx signed this timestamp and this exact body."""
+        from cryptography.exceptions import InvalidSignature
+
         signature = hook.headers.get("telnyx-signature-ed25519", "").strip()
         timestamp = hook.headers.get("telnyx-timestamp", "").strip()
         if not signature or not timestamp:
@@ -243,7 +312,11 @@ class TelnyxWebhooks:
             state = DeliveryState.NOT_DELIVERED
         else:  # message.sent, queued, sending, sent, delivery_unconfirmed, any new one
             state = DeliveryState.PENDING
-        return [StatusReport(message_id, state, None, f"{kind} {status}", correlated_by_id=True)]
+        return [
+            StatusReport(
+                message_id, state, None, f"{kind} {status}", correlated_by_id=SPEC.correlated_by_id
+            )
+        ]
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """The customer's message of a message.received event; other events are ignored."""
@@ -300,9 +373,9 @@ def _text(mapping: object, name: str, field: str) -> str:
     return value.strip()
 
 
-def webhooks_from_settings(settings: Settings) -> TelnyxWebhooks:
+def webhooks(own: TelnyxSettings, settings: Settings) -> TelnyxWebhooks:
     """Build the webhook side of Telnyx: needs TELNYX_PUBLIC_KEY."""
-    key = settings.telnyx_public_key
+    key = own.public_key
     if key is None or not is_ed25519_public_key(key):
         raise NotConfigured(
             [
@@ -311,3 +384,13 @@ def webhooks_from_settings(settings: Settings) -> TelnyxWebhooks:
             ]
         )
     return TelnyxWebhooks(public_key=key)
+
+
+SPEC = ProviderSpec(
+    "telnyx",
+    read_settings=read_settings,
+    sender=sender,
+    webhooks=webhooks,
+    ambiguous_grace_seconds=AMBIGUOUS_GRACE_SECONDS,
+    correlated_by_id=True,
+)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
 from channel.budget import Budget
-from channel.config import Settings
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.logs import printable
 from channel.phone import MAX_NUMBER_CHARS, mask
@@ -22,25 +24,28 @@ from channel.providers.base import (
     DeliveryState,
     OutboundSms,
     OutcomeUnknown,
+    OwnSettings,
     ProviderMisconfigured,
+    ProviderSpec,
     ReceivedSms,
     Rejected,
     SendOutcome,
     StatusReport,
     Throttled,
-    Unreachable,
+    Tokens,
     Webhook,
     WebhookReply,
     received_text,
     unsendable,
     webhook_field,
 )
-from channel.retry import never_sent, parse_retry_after
+from channel.providers.rest import json_object, post_once, retry_after
+
+if TYPE_CHECKING:
+    from channel.config import Settings, SettingsReader
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 3.05
-READ_TIMEOUT = 10.0
 MAX_BODY_CHARS = 1600
 """The longest message body Twilio handles (docs: Messages resource, ``Body``): a reply's
 text is cut there, so a forged or broken one cannot outgrow the ledger."""
@@ -83,20 +88,16 @@ class TwilioProvider:
             body = urlencode(self.form(sms)).encode("ascii")
         except Exception as exc:
             raise unsendable(sms, "Twilio", exc) from exc
-        try:
-            reply = self._session.post(
-                self.messages_url,
-                data=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-                auth=self._auth,
-                timeout=budget.timeout(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
-        except requests.RequestException as exc:
-            if never_sent(exc):
-                raise Unreachable(f"could not connect to Twilio: {type(exc).__name__}") from exc
-            # Anything else (read timeout, reset, a reply cut off mid-body) came after
-            # the request went out: Twilio may have created the message.
-            raise OutcomeUnknown(f"no usable answer from Twilio: {type(exc).__name__}") from exc
+        reply = post_once(
+            self._session,
+            self.messages_url,
+            provider="Twilio",
+            budget=budget,
+            deduped=False,  # Twilio has no idempotency key: a lost answer is unknown
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            auth=self._auth,
+        )
         return self._outcome(reply, sms)
 
     def form(self, sms: OutboundSms) -> dict[str, str]:
@@ -114,7 +115,7 @@ class TwilioProvider:
 
     def _outcome(self, reply: requests.Response, sms: OutboundSms) -> SendOutcome:
         status = reply.status_code
-        body = _json(reply)
+        body = json_object(reply)
         code = _int(body.get("code"))
         if 200 <= status < 300:
             sid = body.get("sid")
@@ -123,7 +124,7 @@ class TwilioProvider:
             log.info("twilio accepted %s for %s", sid, mask(sms.to))
             return Accepted(sid)
         if status == 429 or code in _THROTTLED_CODES:
-            raise Throttled(parse_retry_after(reply.headers.get("Retry-After")))
+            raise Throttled(retry_after(reply))
         if status in (401, 404) or code in _CONFIGURATION_CODES:
             raise ProviderMisconfigured(
                 f"Twilio refused the account credentials (HTTP {status}, code {code})"
@@ -139,14 +140,6 @@ class TwilioProvider:
         raise OutcomeUnknown(f"Twilio answered HTTP {status}")
 
 
-def _json(reply: requests.Response) -> dict[str, Any]:
-    try:
-        body = reply.json()
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _int(value: object) -> int | None:
     """An error code as Twilio writes it (a number, or its digits), else None."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -157,16 +150,56 @@ def _int(value: object) -> int | None:
     return None
 
 
-def from_settings(settings: Settings, session: requests.Session) -> TwilioProvider:
-    """Build the Twilio adapter from TWILIO_* settings (validated in config)."""
-    assert settings.twilio_account_sid is not None  # noqa: S101 - config guarantees it
-    assert settings.twilio_auth_token is not None  # noqa: S101 - config guarantees it
+# -- Settings ----------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.twilio.com"
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    """The TWILIO_* settings."""
+
+    account_sid: str | None = None
+    auth_token: str | None = dataclasses.field(default=None, repr=False)
+    messaging_service_sid: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+
+
+def read_settings(reader: SettingsReader) -> OwnSettings[TwilioSettings]:
+    """Read TWILIO_* and say what keeps Twilio from sending."""
+    own = TwilioSettings(
+        account_sid=reader.get("TWILIO_ACCOUNT_SID"),
+        auth_token=reader.get("TWILIO_AUTH_TOKEN"),
+        messaging_service_sid=reader.get("TWILIO_MESSAGING_SERVICE_SID"),
+        base_url=reader.url("TWILIO_BASE_URL") or DEFAULT_BASE_URL,
+    )
+    problems = []
+    if own.account_sid is None:
+        problems.append("TWILIO_ACCOUNT_SID is not set (provider twilio)")
+    elif not _ACCOUNT_SID.fullmatch(own.account_sid):
+        problems.append("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex")
+    if own.auth_token is None:
+        problems.append("TWILIO_AUTH_TOKEN is not set (provider twilio)")
+    service = own.messaging_service_sid
+    if service is not None and not _SERVICE_SID.fullmatch(service):
+        problems.append("TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex")
+    return OwnSettings(own, tuple(problems))
+
+
+def sender(
+    own: TwilioSettings, settings: Settings, session: requests.Session, tokens: Tokens | None
+) -> TwilioProvider:
+    """Build the Twilio adapter from TWILIO_* settings (read_settings checked them)."""
+    assert own.account_sid is not None  # noqa: S101 - read_settings guarantees it
+    assert own.auth_token is not None  # noqa: S101 - read_settings guarantees it
     return TwilioProvider(
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
+        account_sid=own.account_sid,
+        auth_token=own.auth_token,
         session=session,
-        base_url=settings.twilio_base_url,
-        messaging_service_sid=settings.twilio_messaging_service_sid,
+        base_url=own.base_url,
+        messaging_service_sid=own.messaging_service_sid,
     )
 
 
@@ -327,15 +360,18 @@ def _port_variants(url: str) -> list[str]:
     return [url, bare, with_port]
 
 
-def webhooks_from_settings(settings: Settings) -> TwilioWebhooks:
+def webhooks(own: TwilioSettings, settings: Settings) -> TwilioWebhooks:
     """Build the webhook side of Twilio: needs the auth token and the public URL."""
     problems = []
-    if settings.twilio_auth_token is None:
+    if own.auth_token is None:
         problems.append("TWILIO_AUTH_TOKEN is not set: Twilio webhooks cannot be verified")
     if settings.public_url is None:
         problems.append("CHANNEL_PUBLIC_URL is not set: Twilio webhooks cannot be verified")
     if problems:
         raise NotConfigured(problems)
-    assert settings.twilio_auth_token is not None  # noqa: S101 - checked just above
+    assert own.auth_token is not None  # noqa: S101 - checked just above
     assert settings.public_url is not None  # noqa: S101 - checked just above
-    return TwilioWebhooks(auth_token=settings.twilio_auth_token, public_url=settings.public_url)
+    return TwilioWebhooks(auth_token=own.auth_token, public_url=settings.public_url)
+
+
+SPEC = ProviderSpec("twilio", read_settings=read_settings, sender=sender, webhooks=webhooks)

@@ -19,14 +19,14 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import jwt
 import requests
 
 from channel.budget import Budget
-from channel.config import Settings
+from channel.config import is_guid
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.phone import international, mask
 from channel.providers.base import (
@@ -34,16 +34,22 @@ from channel.providers.base import (
     DeliveryState,
     OutboundSms,
     OutcomeUnknown,
+    OwnSettings,
     ProviderMisconfigured,
+    ProviderSpec,
     ReceivedSms,
     Rejected,
     SendOutcome,
     StatusReport,
     Throttled,
+    Tokens,
     Webhook,
     WebhookReply,
 )
 from channel.providers.rest import json_object, post_once, retry_after
+
+if TYPE_CHECKING:
+    from channel.config import Settings, SettingsReader
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,8 @@ class ApplicationToken:
 
     def __call__(self) -> str:
         """A token with at least ``TOKEN_LIFETIME - TOKEN_REUSE`` seconds left."""
+        import jwt  # with cryptography: imported by the process that uses Vonage only
+
         now = time.time()
         current = self._current
         if current is not None and now - current[1] < TOKEN_REUSE:
@@ -176,12 +184,74 @@ def _error_code(body: dict[str, Any]) -> int | None:
     return int(title) if isinstance(title, str) and title.isdigit() else None
 
 
-def from_settings(settings: Settings, session: requests.Session) -> VonageProvider:
-    """Build the Vonage adapter from VONAGE_* settings (validated in config)."""
-    assert settings.vonage_application_id is not None  # noqa: S101 - config guarantees it
-    assert settings.vonage_private_key is not None  # noqa: S101 - config guarantees it
-    token = ApplicationToken(settings.vonage_application_id, settings.vonage_private_key)
-    return VonageProvider(token=token, session=session, base_url=settings.vonage_base_url)
+# -- Settings ----------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.nexmo.com"
+
+
+@dataclass(frozen=True)
+class VonageSettings:
+    """The VONAGE_* settings."""
+
+    application_id: str | None = None
+    private_key: str | None = field(default=None, repr=False)
+    signature_secret: str | None = field(default=None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+
+
+def read_settings(reader: SettingsReader) -> OwnSettings[VonageSettings]:
+    """Read VONAGE_* and say what keeps Vonage from sending."""
+    own = VonageSettings(
+        application_id=reader.get("VONAGE_APPLICATION_ID"),
+        private_key=_pem(reader.get("VONAGE_PRIVATE_KEY")),
+        signature_secret=reader.get("VONAGE_SIGNATURE_SECRET"),
+        base_url=reader.url("VONAGE_BASE_URL") or DEFAULT_BASE_URL,
+    )
+    problems = []
+    if own.application_id is None:
+        problems.append("VONAGE_APPLICATION_ID is not set (provider vonage)")
+    elif not is_guid(own.application_id):
+        problems.append("VONAGE_APPLICATION_ID must be the application's id (a GUID)")
+    if own.private_key is None:
+        problems.append("VONAGE_PRIVATE_KEY is not set (provider vonage)")
+    elif not _is_rsa_private_key(own.private_key):
+        problems.append(
+            "VONAGE_PRIVATE_KEY is not an RSA private key in PEM form: paste the whole "
+            "private.key file of the Vonage application (newlines as is or as \\n)"
+        )
+    if own.signature_secret is None:
+        problems.append(
+            "VONAGE_SIGNATURE_SECRET is not set (provider vonage): delivery reports and "
+            "replies cannot be verified"
+        )
+    return OwnSettings(own, tuple(problems))
+
+
+def _pem(value: str | None) -> str | None:
+    r"""A PEM setting with ``\n`` escapes turned into newlines (app settings are one line)."""
+    return None if value is None else value.replace("\\n", "\n")
+
+
+def _is_rsa_private_key(pem: str) -> bool:
+    # cryptography comes with azure-identity; imported only when vonage is configured.
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError):  # not PEM, encrypted, or an unsupported key
+        return False
+    return isinstance(key, RSAPrivateKey)
+
+
+def sender(
+    own: VonageSettings, settings: Settings, session: requests.Session, tokens: Tokens | None
+) -> VonageProvider:
+    """Build the Vonage adapter from VONAGE_* settings (read_settings checked them)."""
+    assert own.application_id is not None  # noqa: S101 - read_settings guarantees it
+    assert own.private_key is not None  # noqa: S101 - read_settings guarantees it
+    token = ApplicationToken(own.application_id, own.private_key)
+    return VonageProvider(token=token, session=session, base_url=own.base_url)
 
 
 # -- Webhooks: message status and inbound messages ---------------------------------------
@@ -207,6 +277,8 @@ class VonageWebhooks:
 
     def verify(self, hook: Webhook) -> None:
         """Accept the call only if its JWT is signed with our secret and hashes this body."""
+        import jwt  # with cryptography: imported by the process that uses Vonage only
+
         scheme, _, token = hook.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization: Bearer token is missing")
@@ -308,13 +380,15 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def webhooks_from_settings(settings: Settings) -> VonageWebhooks:
+def webhooks(own: VonageSettings, settings: Settings) -> VonageWebhooks:
     """Build the webhook side of Vonage: needs VONAGE_SIGNATURE_SECRET."""
-    if settings.vonage_signature_secret is None:
+    if own.signature_secret is None:
         raise NotConfigured(
             ["VONAGE_SIGNATURE_SECRET is not set: Vonage webhooks cannot be verified"]
         )
     return VonageWebhooks(
-        signature_secret=settings.vonage_signature_secret,
-        default_region=settings.default_region,
+        signature_secret=own.signature_secret, default_region=settings.default_region
     )
+
+
+SPEC = ProviderSpec("vonage", read_settings=read_settings, sender=sender, webhooks=webhooks)
