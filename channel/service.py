@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import OutboundPayload, OutboundResponse
@@ -254,8 +255,16 @@ class OutboundService:
         while True:
             attempt += 1
             try:
-                # The provider's share ends early enough to record its answer after it.
-                return self.provider.send(sms, budget.keeping(_reserve(budget)))
+                with telemetry.timed(
+                    "provider.send",
+                    telemetry.PROVIDER_DURATION,
+                    telemetry.PROVIDER_KEYS,
+                    {telemetry.PROVIDER: self.provider.id, telemetry.ATTEMPT: attempt},
+                ) as call:
+                    # The provider's share ends early enough to record its answer after it.
+                    outcome = self.provider.send(sms, budget.keeping(_reserve(budget)))
+                    call.set({telemetry.OUTCOME_CLASS: type(outcome).__name__})
+                return outcome
             except SafeToRepeat as exc:
                 # The provider executes a repeat of this exact request at most once and
                 # answers it with the first one's result: repeating is safe, and settles it.
