@@ -35,6 +35,7 @@ from channel.providers.base import (
     Unsendable,
 )
 from channel.retry import MAX_ATTEMPTS, backoff
+from channel.segments import segments
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,31 @@ class OutboundService:
             log.info(
                 "request %s NotSent: recipient %s is not a valid number", rid, mask(payload.To)
             )
+            telemetry.note({telemetry.REASON: "invalid_recipient"})
             return _answer(payload, "NotSent", None)
         if not text.strip():
             log.info("request %s NotSent: the message text is empty", rid)
+            telemetry.note({telemetry.REASON: "empty_text"})
             return _answer(payload, "NotSent", None)
+        parts = segments(text)
+        telemetry.note({telemetry.SEGMENTS: parts.count, telemetry.ENCODING: parts.encoding})
+        limit = self.settings.max_segments
+        if limit is not None and parts.count > limit:
+            log.info(
+                "request %s NotSent: the text needs %d %s segments; CHANNEL_MAX_SEGMENTS is %d",
+                rid,
+                parts.count,
+                parts.encoding,
+                limit,
+            )
+            telemetry.note({telemetry.REASON: "too_many_segments"})
+            return _answer(payload, "NotSent", None)
+        # What the provider will bill, known before its invoice.
+        telemetry.record(
+            telemetry.SEGMENT_COUNT,
+            parts.count,
+            {telemetry.PROVIDER: self.provider.id, telemetry.ENCODING: parts.encoding},
+        )
         return OutboundSms(
             to=to,
             sender=sender_for_provider(payload.From, self.settings.default_region),
@@ -225,6 +247,7 @@ class OutboundService:
             log.info("request %s Sent as %s", rid, outcome.message_id)
             return _answer(payload, "Sent", outcome.message_id)
         log.info("request %s NotSent: provider code %s", rid, outcome.code)
+        telemetry.note({telemetry.REASON: "provider_rejected"})
         return _answer(payload, "NotSent", None)
 
     def _remember_message(self, rid: str, message_id: str) -> None:

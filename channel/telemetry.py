@@ -34,6 +34,9 @@ SCOPE = "d365_sms_channel"
 PROVIDER = "sms.provider"
 OUTCOME = "sms.outcome"
 """An invocation's result: Sent, NotSent, acknowledged, or the problem's slug (503 kinds)."""
+REASON = "sms.outcome.reason"
+"""Why an outbound message is NotSent: invalid_recipient, empty_text, too_many_segments,
+provider_rejected."""
 OUTCOME_CLASS = "sms.outcome_class"
 """A provider or Dataverse call's result: the class name of its outcome or exception."""
 REQUEST_ID = "sms.request_id"
@@ -73,6 +76,7 @@ _WORDS = frozenset(
     {
         PROVIDER,
         OUTCOME,
+        REASON,
         OUTCOME_CLASS,
         REPORT_STATUS,
         REPORT_OUTCOME,
@@ -141,7 +145,7 @@ DATAVERSE_DURATION = _meter.create_histogram(
     "sms.dataverse.duration", unit="s", description="One Dataverse Web API call attempt"
 )
 
-OUTBOUND_KEYS = (PROVIDER, OUTCOME, CHANNEL_DEFINITION)
+OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, CHANNEL_DEFINITION)
 """The attributes of an outbound call that its counter carries (low cardinality only)."""
 PROVIDER_KEYS = (PROVIDER, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
 DATAVERSE_KEYS = (DATAVERSE_ACTION, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)

@@ -191,6 +191,8 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
         "sms.channel_definition_id": DEFINITION_ID,
         "sms.outcome": "Sent",
         "sms.message_id": sid(1),
+        "sms.segments": 1,
+        "sms.encoding": "GSM-7",
         "http.response.status_code": 200,
     }
     attempt = only(sink.named("provider.send"))
@@ -213,6 +215,9 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
     ]
     assert [(p.attributes, p.value) for p in sink.of("sms.provider.duration")] == [
         (dict(attempt.attributes or {}), 1)
+    ]
+    assert [(p.attributes, p.value) for p in sink.of("sms.outbound.segments")] == [
+        ({"sms.provider": "twilio", "sms.encoding": "GSM-7"}, 1)  # one text of one segment
     ]
 
 
@@ -250,7 +255,25 @@ def test_not_sent_by_the_app_is_counted_without_a_provider_span(
     assert answer_json(response)["Status"] == "NotSent"
     assert only(sink.named("outbound")).attributes["sms.outcome"] == "NotSent"  # type: ignore[index]
     assert sink.named("provider.send") == []
-    assert [p.attributes["sms.outcome"] for p in sink.of("sms.outbound.messages")] == ["NotSent"]
+    assert [
+        (p.attributes["sms.outcome"], p.attributes["sms.outcome.reason"])
+        for p in sink.of("sms.outbound.messages")
+    ] == [("NotSent", "invalid_recipient")]
+    assert sink.of("sms.outbound.segments") == []
+
+
+def test_segments_over_the_limit_are_not_sent_and_recorded_with_their_count(
+    call: Call, twilio: FakeTwilio, configure: Configure, sink: Sink
+) -> None:
+    configure(CHANNEL_MAX_SEGMENTS="1")
+    response = call("outbound", payload(Message={"text": "\U0001f600" * 36}))
+    assert answer_json(response)["Status"] == "NotSent"
+    outbound = only(sink.named("outbound")).attributes
+    assert outbound is not None
+    assert (outbound["sms.segments"], outbound["sms.encoding"]) == (2, "UCS-2")
+    assert outbound["sms.outcome.reason"] == "too_many_segments"
+    assert sink.named("provider.send") == []
+    assert sink.of("sms.outbound.segments") == []  # nothing billed
 
 
 def test_a_503_is_recorded_with_its_kind(call: Call, configure: Configure, sink: Sink) -> None:
