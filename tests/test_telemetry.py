@@ -8,8 +8,12 @@ secrets.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -460,3 +464,30 @@ def test_guard_keeps_ids_words_and_counts() -> None:
         telemetry.RETRY_AFTER: 1.5,
     }
     assert telemetry.safe(kept) == kept
+
+
+# --- wiring ------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_host_json_selects_opentelemetry_mode() -> None:
+    host = json.loads((REPO / "host.json").read_text(encoding="utf-8"))
+    assert host["telemetryMode"] == "OpenTelemetry"
+
+
+def test_loading_the_app_imports_the_api_only() -> None:
+    # The SDK and the Azure Monitor distro belong to whoever exports (the worker, when
+    # PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is on): loading the app, and so every
+    # cold start with telemetry off, must not pay for them.
+    script = (
+        "import sys, function_app\n"
+        "heavy = sorted(m for m in sys.modules if m.startswith("
+        "('opentelemetry.sdk', 'azure.monitor', 'opentelemetry.instrumentation')))\n"
+        "api = 'opentelemetry.trace' in sys.modules\n"
+        "print(api, heavy)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "True []"
