@@ -144,6 +144,11 @@ class WebhookService:
         with telemetry.step("delivery_report.status", attributes) as step:
             try:
                 self._report(provider, report, budget)
+            except ChannelError:
+                # e.g. a status for a send not recorded yet: answered 5xx, the provider retries
+                if telemetry.REPORT_OUTCOME not in step.attributes:
+                    step.set({telemetry.REPORT_OUTCOME: "failed"})
+                raise
             finally:
                 keys = (telemetry.PROVIDER, telemetry.REPORT_STATUS, telemetry.REPORT_OUTCOME)
                 telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(keys))
@@ -154,6 +159,10 @@ class WebhookService:
         with telemetry.step("inbound.reply", attributes) as step:
             try:
                 self._receive(provider, sms, budget)
+            except ChannelError:
+                if telemetry.REPLY_OUTCOME not in step.attributes:
+                    step.set({telemetry.REPLY_OUTCOME: "failed"})
+                raise
             finally:
                 keys = (telemetry.PROVIDER, telemetry.REPLY_OUTCOME)
                 telemetry.count(telemetry.REPLIES, step.subset(keys))

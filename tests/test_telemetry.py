@@ -40,11 +40,14 @@ from tests.data import (
     RECIPIENT,
     REPLY_TEXT,
     SENSITIVE,
+    TELNYX_API_KEY,
     TEXT,
     TWILIO_TOKEN,
     payload,
 )
+from tests.fake_telnyx import PUBLIC_KEY
 from tests.fakes import FakeDataverse, FakeTwilio
+from tests.test_webhooks_telnyx import event, hook
 from tests.twilio_hooks import (
     REPORT_URL,
     assert_acknowledged,
@@ -147,8 +150,10 @@ def assert_nothing_sensitive(spans: Sequence[ReadableSpan], points: Sequence[Poi
     seen: list[tuple[str, str, object]] = []
     for span in spans:
         seen += [(span.name, key, value) for key, value in (span.attributes or {}).items()]
-        for event in span.events:
-            seen += [(event.name, key, value) for key, value in (event.attributes or {}).items()]
+        for happened in span.events:
+            seen += [
+                (happened.name, key, value) for key, value in (happened.attributes or {}).items()
+            ]
         seen += [(span.name, "status", span.status.description or "")]
     for point in points:
         seen += [(point.metric, key, value) for key, value in point.attributes.items()]
@@ -491,3 +496,30 @@ def test_loading_the_app_imports_the_api_only() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "True []"
+
+
+def test_a_report_answered_5xx_before_it_is_kept_is_counted_as_failed(
+    call: Call, configure: Configure, sink: Sink
+) -> None:
+    configure(
+        CHANNEL_PROVIDER="telnyx",
+        TELNYX_API_KEY=TELNYX_API_KEY,
+        TELNYX_PUBLIC_KEY=PUBLIC_KEY,
+        CHANNEL_PUBLIC_URL="https://sms.contoso.example",
+    )
+    # A final status for an id no send has recorded (yet): 503, so Telnyx delivers it again.
+    response = hook(
+        call, "delivery_report", event("40317a2b-0d4e-4c55-9d2f-6a1e3b7c9f00", "delivered")
+    )
+    assert response.status_code == 503
+    status = only(sink.named("delivery_report.status")).attributes
+    assert status is not None
+    assert (status["sms.report.outcome"], status["error.type"]) == ("failed", "ServiceUnavailable")
+    assert only(sink.named("delivery_report")).attributes["sms.outcome"] == "service-unavailable"  # type: ignore[index]
+    assert [p.attributes for p in sink.of("sms.delivery_reports")] == [
+        {
+            "sms.provider": "telnyx",
+            "sms.report.status": "Delivered",
+            "sms.report.outcome": "failed",
+        }
+    ]
