@@ -98,6 +98,7 @@ class OutboundService:
         )
         if isinstance(claim, Completed):
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
+            telemetry.note({telemetry.REPLAYED: True})  # counted apart from first answers
             return claim.response
         try:
             prepared = self._prepare(payload, text, claim.record.get("first_attempt_at"))

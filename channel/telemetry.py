@@ -37,6 +37,8 @@ OUTCOME = "sms.outcome"
 REASON = "sms.outcome.reason"
 """Why an outbound message is NotSent: invalid_recipient, empty_text, too_many_segments,
 provider_rejected."""
+REPLAYED = "sms.replayed"
+"""True when an outbound call was answered from the ledger (a repeat of a RequestId)."""
 OUTCOME_CLASS = "sms.outcome_class"
 """A provider or Dataverse call's result: the class name of its outcome or exception."""
 REQUEST_ID = "sms.request_id"
@@ -89,6 +91,7 @@ _WORDS = frozenset(
     }
 )
 _IDS = frozenset({REQUEST_ID, MESSAGE_ID, CHANNEL_DEFINITION})
+_FLAGS = frozenset({REPLAYED})
 _COUNTS = frozenset(
     {ATTEMPT, SEGMENTS, HTTP_STATUS, RETRY_AFTER, FORWARDED, FAILED, WAITING, REMOVED}
 )
@@ -112,6 +115,8 @@ def safe(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
 
 
 def _allowed(name: str, value: object) -> bool:
+    if name in _FLAGS:
+        return isinstance(value, bool)
     if name in _COUNTS:
         return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
     if not isinstance(value, str):
@@ -145,7 +150,7 @@ DATAVERSE_DURATION = _meter.create_histogram(
     "sms.dataverse.duration", unit="s", description="One Dataverse Web API call attempt"
 )
 
-OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, CHANNEL_DEFINITION)
+OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, REPLAYED, CHANNEL_DEFINITION)
 """The attributes of an outbound call that its counter carries (low cardinality only)."""
 PROVIDER_KEYS = (PROVIDER, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
 DATAVERSE_KEYS = (DATAVERSE_ACTION, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)

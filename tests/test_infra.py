@@ -72,6 +72,7 @@ NOT_WRITTEN = {
     "CHANNEL_TIME_BUDGET_SECONDS": "the default fits the plugin's timeout",
     "CHANNEL_AMBIGUOUS_GRACE_SECONDS": "the default is tied to the provider",
     "CHANNEL_RETENTION_DAYS": "the default",
+    "CHANNEL_MAX_SEGMENTS": "optional; unset means no limit",
 }
 
 

@@ -230,6 +230,23 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
     ]
 
 
+def test_a_repeated_request_id_is_counted_as_replayed(
+    call: Call, twilio: FakeTwilio, sink: Sink
+) -> None:
+    twilio.accept()
+    first = call("outbound", payload())
+    again = call("outbound", payload())
+    assert again.get_body() == first.get_body()
+    assert len(twilio.posts()) == 1
+    points = sorted(
+        (p.attributes.get("sms.replayed", False), p.attributes["sms.outcome"], p.value)
+        for p in sink.of("sms.outbound.messages")
+    )
+    assert points == [(False, "Sent", 1), (True, "Sent", 1)]
+    assert [s.attributes.get("sms.replayed") for s in sink.named("outbound")] == [None, True]  # type: ignore[union-attr]
+    assert len(sink.named("provider.send")) == 1
+
+
 def test_without_traceparent_each_call_starts_its_own_trace(
     call: Call, twilio: FakeTwilio, sink: Sink
 ) -> None:
@@ -447,6 +464,7 @@ def test_refused_webhooks_are_counted_by_reason(call: Call, twilio: FakeTwilio, 
         (telemetry.PROVIDER, "+14255550199"),
         (telemetry.OUTCOME, "a" * 65),
         (telemetry.ATTEMPT, True),
+        (telemetry.REPLAYED, "true"),
         (telemetry.ATTEMPT, -1),
         (telemetry.HTTP_STATUS, "200"),
         ("sms.text", "hello"),  # not a declared name
