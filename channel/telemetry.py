@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context, metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -184,6 +185,30 @@ class Step:
         return {key: self.attributes[key] for key in keys if key in self.attributes}
 
 
+class _Unrecorded(Step):
+    """The step when nothing is installed: keeps nothing, so a call pays nothing for it."""
+
+    def set(self, attributes: Mapping[str, object]) -> None:
+        """Nothing to record."""
+
+
+_UNRECORDED = _Unrecorded(trace.INVALID_SPAN)
+
+
+def installed() -> bool:
+    """Whether a tracer or meter provider is installed (the API's proxies stand alone if not).
+
+    Checked per call, since one may be installed after import (the worker, a test). The
+    API's globals are read directly: its getters consult os.environ on every call, which
+    costs more than the spans they would save.
+    """
+    # Read with getattr: should a later API rename them, telemetry stays on, never fails.
+    return (
+        getattr(trace, "_TRACER_PROVIDER", True) is not None
+        or getattr(_metrics_api, "_METER_PROVIDER", True) is not None
+    )
+
+
 @contextlib.contextmanager
 def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[Step]:
     """A span around a block, current inside it; an exception leaves only its class name.
@@ -191,6 +216,9 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
     The SDK's own exception recording is off: an exception's message may quote its
     input (a number, a text).
     """
+    if not installed():
+        yield _UNRECORDED
+        return
     with _tracer.start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:
@@ -224,7 +252,7 @@ def timed(
             yield current
     finally:
         # A failed attempt is timed too: its outcome class names the exception.
-        if current is not None:
+        if current is not None and current is not _UNRECORDED:
             histogram.record(time.perf_counter() - start, current.subset(keys))
 
 
@@ -237,7 +265,7 @@ def invocation(name: str, headers: Mapping[str, str]) -> Iterator[Step]:
     ``traceparent`` header, if any, becomes the parent.
     """
     token = None
-    if not trace.get_current_span().get_span_context().is_valid:
+    if installed() and not trace.get_current_span().get_span_context().is_valid:
         carrier = {key.lower(): value for key, value in headers.items()}
         token = context.attach(_propagator.extract(carrier))
     try:
@@ -257,12 +285,14 @@ def note(attributes: Mapping[str, object]) -> None:
 
 def count(counter: Any, attributes: Mapping[str, object], amount: int = 1) -> None:
     """Add ``amount`` to ``counter`` with ``attributes`` that pass the guard."""
-    counter.add(amount, safe(attributes))
+    if installed():
+        counter.add(amount, safe(attributes))
 
 
 def record(histogram: Any, value: float, attributes: Mapping[str, object]) -> None:
     """Record ``value`` in ``histogram`` with ``attributes`` that pass the guard."""
-    histogram.record(value, safe(attributes))
+    if installed():
+        histogram.record(value, safe(attributes))
 
 
 def note_http_status(response: Any, *args: Any, **kwargs: Any) -> Any:
