@@ -16,6 +16,9 @@ DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
 """How long an attempt whose outcome is unknown blocks a new one, unless the provider's
 description (channel.providers) says otherwise."""
+MAX_SEGMENTS_LIMIT = 50
+"""The largest CHANNEL_MAX_SEGMENTS: well above the longest message providers take (Twilio:
+1,600 characters, at most 24 UCS-2 segments)."""
 _HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")  # a name, an IPv4 or a bare IPv6 address
 _CONNECTION_STRING = re.compile(r"(?i)(accesskey|accountkey|sharedaccess|endpoint)\s*=|;")
 
@@ -49,6 +52,8 @@ class Settings:
     ledger_path: str = ".channel/ledger.sqlite3"
     retention_days: float = 30.0
     budget_seconds: float = DEFAULT_BUDGET_SECONDS
+    max_segments: int | None = None
+    """CHANNEL_MAX_SEGMENTS: a longer text is NotSent without a provider call."""
     ambiguous_grace_seconds: float = DEFAULT_AMBIGUOUS_GRACE_SECONDS
     dataverse_url: str | None = None
     dataverse_organization_id: str | None = None
@@ -121,6 +126,7 @@ class SettingsReader:
             "ledger_path": self.get("CHANNEL_LEDGER_PATH") or ".channel/ledger.sqlite3",
             "budget_seconds": self._seconds("CHANNEL_TIME_BUDGET_SECONDS", 20.0, 1.0, 110.0),
             "retention_days": self._number("CHANNEL_RETENTION_DAYS", 30.0, 1.0, 3650.0, "days"),
+            "max_segments": self._max_segments(),
             "ambiguous_grace_seconds": self._seconds(
                 "CHANNEL_AMBIGUOUS_GRACE_SECONDS", grace, 0.0, 86400.0
             ),
@@ -215,6 +221,17 @@ class SettingsReader:
             )
             return "US"
         return raw
+
+    def _max_segments(self) -> int | None:
+        raw = self.get("CHANNEL_MAX_SEGMENTS")
+        if raw is None:
+            return None
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SEGMENTS_LIMIT:
+            self.problems.append(
+                f"CHANNEL_MAX_SEGMENTS must be a whole number from 1 to {MAX_SEGMENTS_LIMIT}"
+            )
+            return None
+        return int(raw)
 
     def _seconds(self, name: str, default: float, low: float, high: float) -> float:
         return self._number(name, default, low, high, "seconds")

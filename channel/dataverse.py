@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.errors import DataverseUnavailable
@@ -115,19 +116,33 @@ class DataverseClient:
         attempt = 0
         while True:
             attempt += 1
-            reply = self._send(method, url, data, budget)
-            if reply is not None and 200 <= reply.status_code < 300:
-                return _json(reply)
-            if reply is None:
-                wait, why = backoff(attempt), "Dataverse could not be reached"
-            elif reply.status_code == 429:
-                retry_after = parse_retry_after(reply.headers.get("Retry-After"))
-                wait = retry_after if retry_after is not None else backoff(attempt)
-                why = "Dataverse is throttling our identity (429)"
-            elif reply.status_code in _RETRYABLE_STATUSES:
-                wait, why = backoff(attempt), f"Dataverse answered {reply.status_code}"
-            else:
-                raise _error(reply, name)
+            with telemetry.timed(
+                f"dataverse {name}",
+                telemetry.DATAVERSE_DURATION,
+                telemetry.DATAVERSE_KEYS,
+                {telemetry.DATAVERSE_ACTION: name, telemetry.ATTEMPT: attempt},
+            ) as call:
+                reply = self._send(method, url, data, budget)
+                if reply is not None:
+                    call.set({telemetry.HTTP_STATUS: reply.status_code})
+                if reply is not None and 200 <= reply.status_code < 300:
+                    call.set({telemetry.OUTCOME_CLASS: "ok"})
+                    return _json(reply)
+                if reply is None:
+                    call.set({telemetry.OUTCOME_CLASS: "unreachable"})
+                    wait, why = backoff(attempt), "Dataverse could not be reached"
+                elif reply.status_code == 429:
+                    retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+                    wait = retry_after if retry_after is not None else backoff(attempt)
+                    why = "Dataverse is throttling our identity (429)"
+                    call.set({telemetry.OUTCOME_CLASS: "throttled"})
+                    call.set({telemetry.RETRY_AFTER: retry_after})
+                elif reply.status_code in _RETRYABLE_STATUSES:
+                    call.set({telemetry.OUTCOME_CLASS: "unavailable"})
+                    wait, why = backoff(attempt), f"Dataverse answered {reply.status_code}"
+                else:
+                    call.set({telemetry.OUTCOME_CLASS: "refused"})
+                    raise _error(reply, name)
             if attempt >= MAX_ATTEMPTS or not budget.allows(wait, then=0.5):
                 log.warning("%s not delivered: %s", name, why)
                 raise DataverseUnavailable(

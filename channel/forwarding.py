@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.errors import DataverseUnavailable
 from channel.ledger.retention import sweep
@@ -95,4 +96,14 @@ def forward_pending() -> TimerRun | None:
     if runtime.settings.problems:
         log.warning("forward_pending skipped: the channel is not configured (see health)")
         return None
-    return run_timer(runtime.webhook_service, retention_days=runtime.settings.retention_days)
+    with telemetry.step("forward_pending") as step:
+        run = run_timer(runtime.webhook_service, retention_days=runtime.settings.retention_days)
+        step.set(
+            {
+                telemetry.FORWARDED: run.forwarded,
+                telemetry.FAILED: run.failed,
+                telemetry.WAITING: run.waiting,
+                telemetry.REMOVED: run.removed,
+            }
+        )
+    return run

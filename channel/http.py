@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.config import MAX_BODY_BYTES, Settings
 from channel.envelope import read_outbound
@@ -60,14 +61,39 @@ def answers_problems(handler: Handler) -> Handler:
         except ChannelError as exc:
             if exc.status >= 500:
                 log.warning("%s answered %s: %s", handler.__name__, exc.status, exc.title)
+            telemetry.note({telemetry.OUTCOME: exc.slug})
             return problem(exc)
         except Exception as exc:
             # The stack goes to the log (our code's frames, no request data); the
             # caller gets a plain problem with no detail of our internals.
             log_unexpected(log, handler.__name__, exc)
-            return problem(ChannelError("an unexpected error occurred; see the app's log"))
+            error = ChannelError("an unexpected error occurred; see the app's log")
+            telemetry.note(
+                {telemetry.OUTCOME: error.slug, telemetry.ERROR_TYPE: type(exc).__name__}
+            )
+            return problem(error)
 
     return guarded
+
+
+def traced(counter: object | None = None) -> Callable[[Handler], Handler]:
+    """Record one span per call (continuing an incoming ``traceparent``); count its outcome."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def recorded(req: func.HttpRequest) -> func.HttpResponse:
+            with telemetry.invocation(handler.__name__, req.headers) as call:
+                response = handler(req)
+                call.set({telemetry.HTTP_STATUS: response.status_code})
+                if response.status_code >= 500:
+                    call.failed()
+            if counter is not None:
+                telemetry.count(counter, call.subset(telemetry.OUTBOUND_KEYS))
+            return response
+
+        return recorded
+
+    return decorate
 
 
 def body_of(req: func.HttpRequest, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -78,23 +104,35 @@ def body_of(req: func.HttpRequest, limit: int = MAX_BODY_BYTES) -> bytes:
     return body
 
 
+@traced(telemetry.OUTBOUND_MESSAGES)
 @answers_problems
 def outbound(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/outbound: send one Dataverse payload, answer the response contract."""
     body = body_of(req)
     runtime = get_runtime()
+    telemetry.note({telemetry.PROVIDER: runtime.settings.provider})
     runtime.require_configured()
     request = read_outbound(body)
-    response = runtime.outbound.send(request.payload, Budget(runtime.settings.budget_seconds))
+    payload = request.payload
+    telemetry.note(
+        {
+            telemetry.REQUEST_ID: payload.RequestId,
+            telemetry.CHANNEL_DEFINITION: payload.ChannelDefinitionId,
+        }
+    )
+    response = runtime.outbound.send(payload, Budget(runtime.settings.budget_seconds))
+    telemetry.note({telemetry.OUTCOME: response.Status, telemetry.MESSAGE_ID: response.MessageId})
     return func.HttpResponse(request.reply(response), mimetype="application/json")
 
 
+@traced()
 @answers_problems
 def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/delivery-report/{provider}: a provider's status callback."""
     return _webhook_call(req, "delivery-report", lambda service: service.delivery_report)
 
 
+@traced()
 @answers_problems
 def inbound(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/inbound/{provider}: a customer's reply from a provider."""
@@ -115,7 +153,12 @@ def _webhook_call(
         # The caller is not authenticated yet: which setting is missing is for the
         # operator (health, the log), not for whoever posts to a public route.
         log.warning("webhook refused, the channel is not configured: %s", exc.detail)
+        telemetry.count(
+            telemetry.WEBHOOK_REFUSALS,
+            {telemetry.WEBHOOK_ROUTE: route, telemetry.REFUSAL: exc.slug},
+        )
         raise exc.for_anonymous_caller() from None
+    telemetry.note({telemetry.PROVIDER: adapter.id})
     try:
         # The provider's own size limit first: nothing of a body over it is parsed.
         hook = _webhook(req, adapter.max_body_bytes)
@@ -131,7 +174,16 @@ def _webhook_call(
             exc.status,
             exc.detail,
         )
+        telemetry.count(
+            telemetry.WEBHOOK_REFUSALS,
+            {
+                telemetry.WEBHOOK_ROUTE: route,
+                telemetry.PROVIDER: adapter.id,
+                telemetry.REFUSAL: exc.slug,
+            },
+        )
         raise
+    telemetry.note({telemetry.OUTCOME: "acknowledged"})
     return func.HttpResponse(
         reply.body, status_code=reply.status, headers=dict(reply.headers), mimetype=reply.mimetype
     )

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from channel import telemetry
 from channel.config import Settings
 from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
@@ -225,6 +226,8 @@ def _new_session() -> requests.Session:
     adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    # Every provider and Dataverse call's HTTP status lands on the span that made it.
+    session.hooks["response"].append(telemetry.note_http_status)
     return session
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import OutboundPayload, OutboundResponse
@@ -34,6 +35,7 @@ from channel.providers.base import (
     Unsendable,
 )
 from channel.retry import MAX_ATTEMPTS, backoff
+from channel.segments import segments
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class OutboundService:
         )
         if isinstance(claim, Completed):
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
+            telemetry.note({telemetry.REPLAYED: True})  # counted apart from first answers
             return claim.response
         try:
             prepared = self._prepare(payload, text, claim.record.get("first_attempt_at"))
@@ -199,10 +202,31 @@ class OutboundService:
             log.info(
                 "request %s NotSent: recipient %s is not a valid number", rid, mask(payload.To)
             )
+            telemetry.note({telemetry.REASON: "invalid_recipient"})
             return _answer(payload, "NotSent", None)
         if not text.strip():
             log.info("request %s NotSent: the message text is empty", rid)
+            telemetry.note({telemetry.REASON: "empty_text"})
             return _answer(payload, "NotSent", None)
+        parts = segments(text)
+        telemetry.note({telemetry.SEGMENTS: parts.count, telemetry.ENCODING: parts.encoding})
+        limit = self.settings.max_segments
+        if limit is not None and parts.count > limit:
+            log.info(
+                "request %s NotSent: the text needs %d %s segments; CHANNEL_MAX_SEGMENTS is %d",
+                rid,
+                parts.count,
+                parts.encoding,
+                limit,
+            )
+            telemetry.note({telemetry.REASON: "too_many_segments"})
+            return _answer(payload, "NotSent", None)
+        # What the provider will bill, known before its invoice.
+        telemetry.record(
+            telemetry.SEGMENT_COUNT,
+            parts.count,
+            {telemetry.PROVIDER: self.provider.id, telemetry.ENCODING: parts.encoding},
+        )
         return OutboundSms(
             to=to,
             sender=sender_for_provider(payload.From, self.settings.default_region),
@@ -224,6 +248,7 @@ class OutboundService:
             log.info("request %s Sent as %s", rid, outcome.message_id)
             return _answer(payload, "Sent", outcome.message_id)
         log.info("request %s NotSent: provider code %s", rid, outcome.code)
+        telemetry.note({telemetry.REASON: "provider_rejected"})
         return _answer(payload, "NotSent", None)
 
     def _remember_message(self, rid: str, message_id: str) -> None:
@@ -254,8 +279,16 @@ class OutboundService:
         while True:
             attempt += 1
             try:
-                # The provider's share ends early enough to record its answer after it.
-                return self.provider.send(sms, budget.keeping(_reserve(budget)))
+                with telemetry.timed(
+                    "provider.send",
+                    telemetry.PROVIDER_DURATION,
+                    telemetry.PROVIDER_KEYS,
+                    {telemetry.PROVIDER: self.provider.id, telemetry.ATTEMPT: attempt},
+                ) as call:
+                    # The provider's share ends early enough to record its answer after it.
+                    outcome = self.provider.send(sms, budget.keeping(_reserve(budget)))
+                    call.set({telemetry.OUTCOME_CLASS: type(outcome).__name__})
+                return outcome
             except SafeToRepeat as exc:
                 # The provider executes a repeat of this exact request at most once and
                 # answers it with the first one's result: repeating is safe, and settles it.

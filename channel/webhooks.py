@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from channel import telemetry
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import DeliveryNotification, InboundMessage
@@ -57,7 +58,7 @@ class WebhookService:
             return handshake
         self._each(
             adapter.status_reports(hook),
-            lambda report: self._report(adapter.id, report, budget),
+            lambda report: self._traced_report(adapter.id, report, budget),
         )
         return adapter.acknowledge(hook)
 
@@ -69,7 +70,7 @@ class WebhookService:
             return handshake
         self._each(
             adapter.received_messages(hook),
-            lambda sms: self._receive(adapter.id, sms, budget),
+            lambda sms: self._traced_receive(adapter.id, sms, budget),
         )
         return adapter.acknowledge(hook)
 
@@ -132,6 +133,40 @@ class WebhookService:
             raise unavailable from exc
         self.outbox.forwarded(lease)
 
+    def _traced_report(self, provider: str, report: StatusReport, budget: Budget) -> None:
+        """One status report in its own span, counted by status and what became of it."""
+        attributes = {
+            telemetry.PROVIDER: provider,
+            telemetry.REPORT_STATUS: report.state.value,
+            telemetry.MESSAGE_ID: report.message_id,
+            telemetry.REQUEST_ID: report.correlation,
+        }
+        with telemetry.step("delivery_report.status", attributes) as step:
+            try:
+                self._report(provider, report, budget)
+            except ChannelError:
+                # e.g. a status for a send not recorded yet: answered 5xx, the provider retries
+                if telemetry.REPORT_OUTCOME not in step.attributes:
+                    step.set({telemetry.REPORT_OUTCOME: "failed"})
+                raise
+            finally:
+                keys = (telemetry.PROVIDER, telemetry.REPORT_STATUS, telemetry.REPORT_OUTCOME)
+                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(keys))
+
+    def _traced_receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
+        """One reply in its own span, counted by what became of it."""
+        attributes = {telemetry.PROVIDER: provider, telemetry.MESSAGE_ID: sms.message_id}
+        with telemetry.step("inbound.reply", attributes) as step:
+            try:
+                self._receive(provider, sms, budget)
+            except ChannelError:
+                if telemetry.REPLY_OUTCOME not in step.attributes:
+                    step.set({telemetry.REPLY_OUTCOME: "failed"})
+                raise
+            finally:
+                keys = (telemetry.PROVIDER, telemetry.REPLY_OUTCOME)
+                telemetry.count(telemetry.REPLIES, step.subset(keys))
+
     def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
         if rid is None and report.correlated_by_id:
@@ -143,7 +178,9 @@ class WebhookService:
                 report.state.value,
                 report.message_id,
             )
+            telemetry.note({telemetry.REPORT_OUTCOME: "unknown_message"})
             return
+        telemetry.note({telemetry.REQUEST_ID: rid})
         sent_through = request.get("provider")
         if sent_through is not None and sent_through != provider:
             # A genuine call of one provider naming a message sent through another: its
@@ -156,6 +193,7 @@ class WebhookService:
                 rid,
                 sent_through,
             )
+            telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
             return
         if request["state"] != "done":
             # Any callback proves the provider created the message: this settles an
@@ -163,6 +201,7 @@ class WebhookService:
             self.ledger.confirm_sent(rid, report.message_id)
         if report.state is DeliveryState.PENDING:
             log.info("request %s: intermediate status acknowledged", rid)
+            telemetry.note({telemetry.REPORT_OUTCOME: "intermediate"})
             return
         lease = self.outbox.put(
             f"notification:{rid}",
@@ -179,9 +218,12 @@ class WebhookService:
             log.info(
                 "request %s: %s again, acknowledged (the first stands)", rid, report.state.value
             )
+            telemetry.note({telemetry.REPORT_OUTCOME: "repeated"})
             return
         log.info("request %s: %s", rid, lease.payload["Status"])
+        telemetry.note({telemetry.REPORT_OUTCOME: "kept"})  # until Dataverse takes it
         self.forward(lease, budget)
+        telemetry.note({telemetry.REPORT_OUTCOME: "forwarded"})
 
     def _recorded_request(self, provider: str, report: StatusReport) -> str | None:
         """The RequestId recorded at send for the report's message id.
@@ -214,9 +256,12 @@ class WebhookService:
         lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", "inbound", payload)
         if lease is None:
             log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
+            telemetry.note({telemetry.REPLY_OUTCOME: "repeated"})
             return
         log.info("inbound %s from %s", sms.message_id, mask(sms.customer))
+        telemetry.note({telemetry.REPLY_OUTCOME: "kept"})  # until Dataverse takes it
         self.forward(lease, budget)
+        telemetry.note({telemetry.REPLY_OUTCOME: "forwarded"})
 
     def _address(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The reply's payload with its channel definition and our number's Dataverse form.

@@ -159,3 +159,16 @@ def test_a_malformed_value_is_named_not_quoted() -> None:
     assert "CHANNEL_PROVIDER is not a known provider" in joined
     assert "CHANNEL_DEFINITION_ID must be a GUID" in joined
     assert "42" not in joined
+
+
+def test_max_segments_is_optional_and_read_as_a_whole_number() -> None:
+    assert Settings.from_env({}).max_segments is None
+    assert Settings.from_env({"CHANNEL_MAX_SEGMENTS": " 3 "}).max_segments == 3
+    assert Settings.from_env({"CHANNEL_MAX_SEGMENTS": "50"}).max_segments == 50
+
+
+@pytest.mark.parametrize("value", ["0", "51", "2.5", "-1", "three", "\u0661"])
+def test_max_segments_out_of_1_to_50_is_a_problem(value: str) -> None:
+    settings = Settings.from_env({"CHANNEL_MAX_SEGMENTS": value})
+    assert settings.max_segments is None
+    assert settings.problems == ("CHANNEL_MAX_SEGMENTS must be a whole number from 1 to 50",)

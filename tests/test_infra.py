@@ -57,8 +57,8 @@ PLATFORM_PROVIDED = {
     "WEBSITE_INSTANCE_ID": "0a1b2c",
     "WEBSITE_HOSTNAME": "func-sms-x.azurewebsites.net",
 }
-# Host settings the template writes that the app does not read.
-HOST_SETTINGS = re.compile(r"AzureWebJobsStorage__\w+|APPLICATIONINSIGHTS_\w+")
+# Settings the template writes for the Functions host or the Python worker, not the app.
+HOST_SETTINGS = re.compile(r"AzureWebJobsStorage__\w+|(PYTHON_)?APPLICATIONINSIGHTS_\w+")
 # Settings the app reads that the template leaves unset, and why. A new setting in
 # channel/config.py must be written by the template or listed here.
 NOT_WRITTEN = {
@@ -73,6 +73,7 @@ NOT_WRITTEN = {
     "CHANNEL_TIME_BUDGET_SECONDS": "the default fits the plugin's timeout",
     "CHANNEL_AMBIGUOUS_GRACE_SECONDS": "the default is tied to the provider",
     "CHANNEL_RETENTION_DAYS": "the default",
+    "CHANNEL_MAX_SEGMENTS": "optional; unset means no limit",
 }
 
 
@@ -309,6 +310,8 @@ def test_the_app_runs_as_the_user_assigned_identity() -> None:
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == (
         f"ClientId={CLIENT_ID};Authorization=AAD"
     )
+    # The worker exports the app's OpenTelemetry spans and metrics (see host.json).
+    assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
 
 
 def test_storage_refuses_shared_keys_and_old_tls() -> None:

@@ -24,6 +24,9 @@ var platformSettings = {
   AzureWebJobsStorage__blobServiceUri: storageBlobEndpoint
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // The Python worker configures the Azure Monitor exporter itself (host.json telemetryMode
+  // OpenTelemetry) and hands the app's spans and metrics to it; the app never does.
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   AZURE_CLIENT_ID: identityClientId
 }
 var allSettings = union(appSettings, platformSettings)
