@@ -448,6 +448,12 @@ def test_table_tries_are_cut_to_the_applied_budget(httpserver: HTTPServer) -> No
     finally:
         release.set()
         store.close()
+        # The slow read is logged when its handler returns: let it land in this test's
+        # log, not in the next test's (the server is shared).
+        for _ in range(500):
+            if any("slowledger(" in request.path for request, _ in httpserver.log):
+                break
+            threading.Event().wait(0.01)
     assert store.round_trips == 2  # the table (409: it exists) and one read, not retried
 
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -232,16 +231,13 @@ def test_a_table_that_never_answers_is_503_within_the_budget(
             CHANNEL_TIME_BUDGET_SECONDS="1",
         )
         store = table_store()
-        started = time.monotonic()
         response = call("outbound", payload())
-        elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert answer_json(response)["type"].endswith(":ledger-unavailable")
     assert int(response.headers["Retry-After"]) >= 1
     # One try (creating the table), its read timeout cut to the budget's 1 s from the
     # store's 5 s (see test_ledger for that decision on its own), and no retry after it.
     assert store.round_trips == 1
-    assert elapsed < 1 + 5  # a loose bound; the decision above is what is checked
     assert twilio.posts() == []
 
 
