@@ -52,7 +52,7 @@ class WebhookService:
         self, adapter: WebhookAdapter, hook: Webhook, budget: Budget
     ) -> WebhookReply:
         """Handle a status callback: report each final state once, acknowledge the rest."""
-        adapter.verify(hook)
+        _verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -64,7 +64,7 @@ class WebhookService:
 
     def inbound(self, adapter: WebhookAdapter, hook: Webhook, budget: Budget) -> WebhookReply:
         """Handle an inbound call: hand each customer message to Dataverse once."""
-        adapter.verify(hook)
+        _verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -301,3 +301,14 @@ class WebhookService:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+
+def _verify(adapter: WebhookAdapter, hook: Webhook) -> None:
+    """The adapter's signature check in a span of its own, with its result."""
+    with telemetry.step("webhook.verify", {telemetry.PROVIDER: adapter.id}) as step:
+        try:
+            adapter.verify(hook)
+        except ChannelError as exc:
+            step.set({telemetry.VERIFICATION: exc.slug})
+            raise
+        step.set({telemetry.VERIFICATION: "valid"})

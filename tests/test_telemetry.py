@@ -31,8 +31,12 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from werkzeug import Response
 
 from channel import telemetry
+from channel.forwarding import forward_pending
+from channel.ledger.outbox import MAX_ATTEMPTS
+from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
     DEFINITION_ID,
@@ -47,6 +51,8 @@ from tests.data import (
 )
 from tests.fake_telnyx import PUBLIC_KEY
 from tests.fakes import FakeDataverse, FakeTwilio
+from tests.test_forwarding import AFTER_ANY_BACKOFF, REFUSAL, Clock
+from tests.test_table_ledger import on_table, table_store  # noqa: F401 - on_table: a fixture
 from tests.test_webhooks_telnyx import event, hook
 from tests.twilio_hooks import (
     REPORT_URL,
@@ -143,6 +149,26 @@ def sink(_sdk: tuple[InMemorySpanExporter, InMemoryMetricReader]) -> Iterator[Si
     recorded = Sink(exporter, reader)
     yield recorded
     assert_nothing_sensitive(recorded.spans(), recorded.points())
+    assert_declared(recorded.spans(), recorded.points())
+
+
+def assert_declared(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> None:
+    """Every metric and attribute recorded is one channel/telemetry.py declares.
+
+    The workbook and the alert rules are held to the same declarations, so what they
+    query is what the app records.
+    """
+    undeclared = [p.metric for p in points if p.metric not in telemetry.METRICS]
+    assert undeclared == []
+    stray = [
+        (p.metric, key)
+        for p in points
+        for key in p.attributes
+        if key not in telemetry.METRICS[p.metric]
+    ]
+    assert stray == []
+    keys = {key for span in spans for key in (span.attributes or {})}
+    assert keys <= telemetry.ATTRIBUTES
 
 
 def assert_nothing_sensitive(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> None:
@@ -228,6 +254,21 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
     assert [(p.attributes, p.value) for p in sink.of("sms.outbound.segments")] == [
         ({"sms.provider": "twilio", "sms.encoding": "GSM-7"}, 1)  # one text of one segment
     ]
+    # The ledger's work, each operation a child span with its storage round trips: the
+    # claim (one insert), the answer (one replace), our number's Dataverse form (one insert).
+    ledger = [s for s in sink.spans() if s.name.startswith("ledger ")]
+    assert [(s.name, dict(s.attributes or {})) for s in ledger] == [
+        (
+            f"ledger {operation}",
+            {
+                "sms.ledger.operation": operation,
+                "sms.ledger.kind": "embedded",
+                "sms.ledger.round_trips": 1,
+            },
+        )
+        for operation in ("begin", "complete", "remember_sender")
+    ]
+    assert all(child_of(span, outbound) for span in ledger)
 
 
 def test_a_repeated_request_id_is_counted_as_replayed(
@@ -353,6 +394,12 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
         "sms.outcome": "acknowledged",
         "http.response.status_code": 200,
     }
+    verify = only(sink.named("webhook.verify"))
+    assert child_of(verify, hook)
+    assert dict(verify.attributes or {}) == {
+        "sms.provider": "twilio",
+        "sms.webhook.verification": "valid",
+    }
     status = only(sink.named("delivery_report.status"))
     assert child_of(status, hook)
     assert dict(status.attributes or {}) == {
@@ -449,6 +496,13 @@ def test_refused_webhooks_are_counted_by_reason(call: Call, twilio: FakeTwilio, 
     }
     outcomes = [s.attributes["sms.outcome"] for s in sink.named("delivery_report")]  # type: ignore[index]
     assert outcomes == ["unauthorized", "forbidden"]
+    checks = sink.named("webhook.verify")
+    assert [s.attributes["sms.webhook.verification"] for s in checks] == outcomes  # type: ignore[index]
+    assert [s.status.status_code for s in checks] == [trace.StatusCode.ERROR] * 2
+    for check, call_span in zip(checks, sink.named("delivery_report"), strict=True):
+        assert child_of(check, call_span)
+    # Refused before the ledger was read or written.
+    assert [s.name for s in sink.spans() if s.name.startswith("ledger ")] == []
 
 
 # --- the guard --------------------------------------------------------------------------
@@ -541,3 +595,70 @@ def test_a_report_answered_5xx_before_it_is_kept_is_counted_as_failed(
             "sms.report.outcome": "failed",
         }
     ]
+
+
+# --- the timer and the outbox -------------------------------------------------------------
+
+
+def test_timer_run_records_its_counts_and_the_outbox_gauges(
+    call: Call, twilio: FakeTwilio, dataverse: FakeDataverse, sink: Sink
+) -> None:
+    twilio.accept()
+    sent = send(call, twilio)
+    refusal = json.dumps(REFUSAL)
+    dataverse.script += [
+        Response(refusal, status=403, content_type="application/json") for _ in range(MAX_ATTEMPTS)
+    ]
+    assert report(call, sent, "delivered").status_code == 503  # kept: attempt 1 of MAX_ATTEMPTS
+    clock = Clock()
+    get_runtime().outbox.clock = clock
+
+    def run() -> dict[str, Any]:
+        sink.exporter.clear()
+        forward_pending()
+        return dict(only(sink.named("forward_pending")).attributes or {})
+
+    def gauges() -> list[tuple[str, dict[str, Any], float]]:
+        found = [p for p in sink.points() if p.metric.startswith("sms.outbox.")]
+        sink._points.clear()  # one collection per run
+        return sorted((p.metric, p.attributes, p.value) for p in found)
+
+    sink.points()
+    assert run() == {  # not due yet (backing off): seen, not forwarded
+        "sms.outbox.forwarded": 0,
+        "sms.outbox.failed": 0,
+        "sms.outbox.waiting": 0,
+        "sms.outbox.removed": 0,
+        "sms.outbox.pending": 1,
+        "sms.outbox.dead": 0,
+    }
+    embedded = {"sms.ledger.kind": "embedded"}
+    assert gauges() == [("sms.outbox.dead", embedded, 0), ("sms.outbox.pending", embedded, 1)]
+    # The counts come from the run's one scan of the outbox, not from a read of their own.
+    operations = [(s.attributes or {}).get("sms.ledger.operation") for s in sink.spans()]
+    assert operations.count("survey") == 1
+
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        clock.offset += AFTER_ANY_BACKOFF
+        counts = run()
+        assert (counts["sms.outbox.failed"], counts["sms.outbox.pending"]) == (1, 1), attempt
+    assert dataverse.script == []  # every refusal used: the item is dead now
+    counts = run()
+    assert (counts["sms.outbox.pending"], counts["sms.outbox.dead"]) == (0, 1)
+    assert gauges()[-2:] == [("sms.outbox.dead", embedded, 1), ("sms.outbox.pending", embedded, 0)]
+
+
+def test_ledger_spans_count_every_table_request(
+    call: Call, twilio: FakeTwilio, sink: Sink, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("on_table")  # the app on a fresh Azurite table
+    twilio.accept()
+    store = table_store()
+    before = store.round_trips
+    assert call("outbound", payload()).status_code == 200
+    outbound = only(sink.named("outbound"))
+    top = [s for s in sink.spans() if s.name.startswith("ledger ") and child_of(s, outbound)]
+    assert {s.attributes["sms.ledger.kind"] for s in top} == {"table"}  # type: ignore[index]
+    trips = [int(s.attributes["sms.ledger.round_trips"]) for s in top]  # type: ignore[arg-type,index]
+    assert all(trip >= 1 for trip in trips)
+    assert sum(trips) == store.round_trips - before

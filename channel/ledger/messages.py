@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.traced import operation
 
 MAX_ATTEMPTS = 2
 """Submissions that may have reached the provider for one RequestId: the first, and one
@@ -81,6 +82,7 @@ class MessageLedger:
         """The backend's name, for health."""
         return self.store.kind
 
+    @operation
     def begin(
         self,
         request_id: str,
@@ -141,6 +143,7 @@ class MessageLedger:
                 continue
             return Claim(request_id, int(decision["attempts"]) + 1, decision, etag)
 
+    @operation
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
@@ -160,12 +163,14 @@ class MessageLedger:
         record = self._update(claim.request_id, finish)
         return OutboundResponse.model_validate(record["answer"])
 
+    @operation
     def release(self, request_id: str) -> None:
         """Give the claim back after a provably unsent failure; a retry may claim again."""
         self._update(
             request_id, lambda r: r | {"state": "retryable"} if r["state"] == "claimed" else None
         )
 
+    @operation
     def mark_ambiguous(self, request_id: str) -> None:
         """Remember that an attempt may have reached the provider."""
         now = self.clock()
@@ -178,6 +183,7 @@ class MessageLedger:
             ),
         )
 
+    @operation
     def confirm_sent(self, request_id: str, message_id: str) -> bool:
         """A provider callback proves an unanswered attempt was taken: record it as Sent.
 
@@ -201,6 +207,7 @@ class MessageLedger:
         self._update(request_id, confirm)
         return True
 
+    @operation
     def remember_sender(self, number: str, sender: str, channel_definition_id: str) -> None:
         """Remember how Dataverse writes our number (``number`` in E.164) and its channel.
 
@@ -220,6 +227,7 @@ class MessageLedger:
                     self.store.replace(key, known, found.etag)
         self._senders[number] = known
 
+    @operation
     def sender(self, number: str) -> Record | None:
         """What ``remember_sender`` learned about our number ``number``, or None."""
         known = self._senders.get(number)
@@ -231,6 +239,7 @@ class MessageLedger:
         self._senders[number] = found.data
         return found.data
 
+    @operation
     def remember_message(self, provider: str, message_id: str, request_id: str) -> None:
         """Record that ``provider``'s message ``message_id`` is the send of ``request_id``.
 
@@ -241,11 +250,13 @@ class MessageLedger:
         with contextlib.suppress(AlreadyExists):
             self.store.insert(_message_key(provider, message_id), record)
 
+    @operation
     def request_of_message(self, provider: str, message_id: str) -> str | None:
         """The RequestId ``remember_message`` recorded for a provider's message id, or None."""
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
+    @operation
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
