@@ -235,11 +235,28 @@ _step: ContextVar[Step | None] = ContextVar("channel_telemetry_step", default=No
 _trips: ContextVar[list[int] | None] = ContextVar("channel_telemetry_trips", default=None)
 
 
+LOG_KEYS = (
+    REQUEST_ID,
+    PROVIDER,
+    OUTCOME,
+    REASON,
+    CHANNEL_DEFINITION,
+    MESSAGE_ID,
+    REPORT_STATUS,
+    REPORT_OUTCOME,
+    REPLY_OUTCOME,
+    WEBHOOK_ROUTE,
+    DATAVERSE_ACTION,
+)
+"""The attributes a log record made inside a step carries as dimensions (see logs.py)."""
+
+
 class Step:
     """A span being recorded, with the (guarded) attributes its metrics may carry."""
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, parent: Step | None = None) -> None:
         self.span = span
+        self.parent = parent
         self.attributes: dict[str, AttributeValue] = {}
 
     def set(self, attributes: Mapping[str, object]) -> None:
@@ -294,7 +311,7 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
     with _tracer.start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:
-        current = Step(span)
+        current = Step(span, _step.get())
         current.set(attributes or {})
         token = _step.set(current)
         try:
@@ -346,6 +363,23 @@ def invocation(name: str, headers: Mapping[str, str]) -> Iterator[Step]:
     finally:
         if token is not None:
             context.detach(token)
+
+
+def dimensions() -> dict[str, AttributeValue]:
+    """The log dimensions of the step running in this context, already guarded.
+
+    Its attributes among ``LOG_KEYS`` and those of the steps around it (the innermost
+    wins). Empty when nothing is installed: then no step is recorded, and no log exporter
+    would read them either.
+    """
+    found: dict[str, AttributeValue] = {}
+    current = _step.get()
+    while current is not None:
+        for key in LOG_KEYS:
+            if key not in found and key in current.attributes:
+                found[key] = current.attributes[key]
+        current = current.parent
+    return found
 
 
 def note(attributes: Mapping[str, object]) -> None:

@@ -9,6 +9,7 @@ secrets.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,9 @@ from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -84,10 +88,26 @@ class Point:
 class Sink:
     """What the app recorded since the test began."""
 
-    def __init__(self, exporter: InMemorySpanExporter, reader: InMemoryMetricReader) -> None:
+    def __init__(
+        self,
+        exporter: InMemorySpanExporter,
+        reader: InMemoryMetricReader,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
         self.exporter = exporter
         self.reader = reader
+        self.log_exporter = log_exporter
         self._points: list[Point] = []
+
+    def logs(self) -> list[ReadableLogRecord]:
+        """Every log record exported (INFO and above, as the worker's handler takes them)."""
+        return list(self.log_exporter.get_finished_logs())
+
+    def log(self, starting: str) -> ReadableLogRecord:
+        """The one exported log record whose text starts with ``starting``."""
+        found = [r for r in self.logs() if str(r.log_record.body).startswith(starting)]
+        assert len(found) == 1, [str(r.log_record.body) for r in self.logs()]
+        return found[0]
 
     def spans(self) -> list[ReadableSpan]:
         """Every span ended so far, in the order they ended."""
@@ -116,6 +136,16 @@ class Sink:
 
 
 @pytest.fixture(scope="session")
+def _logs() -> tuple[LoggerProvider, InMemoryLogRecordExporter]:
+    """The SDK's logs, with which the worker's distro exports log records (and their
+    attributes, as custom dimensions)."""
+    provider = LoggerProvider()
+    exporter = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.fixture(scope="session")
 def _sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
     """The SDK installed once per process, as the worker installs it once in Azure."""
     exporter = InMemorySpanExporter()
@@ -141,14 +171,26 @@ def _sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
 
 
 @pytest.fixture
-def sink(_sdk: tuple[InMemorySpanExporter, InMemoryMetricReader]) -> Iterator[Sink]:
+def sink(
+    _sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    _logs: tuple[LoggerProvider, InMemoryLogRecordExporter],
+) -> Iterator[Sink]:
     """What this test records; at the end, no attribute may hold a number, text or secret."""
     exporter, reader = _sdk
     exporter.clear()
     reader.get_metrics_data()  # drop what earlier tests recorded
-    recorded = Sink(exporter, reader)
-    yield recorded
-    assert_nothing_sensitive(recorded.spans(), recorded.points())
+    log_provider, log_exporter = _logs
+    log_exporter.clear()
+    # The handler configure_azure_monitor() puts on the root logger, at INFO (for this
+    # test only: the rest of the suite logs as before).
+    handler = LoggingHandler(level=logging.INFO, logger_provider=log_provider)
+    logging.getLogger().addHandler(handler)
+    recorded = Sink(exporter, reader, log_exporter)
+    try:
+        yield recorded
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert_nothing_sensitive(recorded.spans(), recorded.points(), recorded.logs())
     assert_declared(recorded.spans(), recorded.points())
 
 
@@ -171,9 +213,16 @@ def assert_declared(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> N
     assert keys <= telemetry.ATTRIBUTES
 
 
-def assert_nothing_sensitive(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> None:
-    """No attribute of any span, span event or metric point holds a test secret."""
+def assert_nothing_sensitive(
+    spans: Sequence[ReadableSpan], points: Sequence[Point], logs: Sequence[ReadableLogRecord] = ()
+) -> None:
+    """No attribute of any span, span event, metric point or log record, nor the text of a
+    log record at INFO or above, holds a test secret."""
     seen: list[tuple[str, str, object]] = []
+    for record in logs:
+        where = str(record.log_record.body)[:40]
+        seen += [(where, "body", record.log_record.body)]
+        seen += [(where, key, value) for key, value in (record.log_record.attributes or {}).items()]
     for span in spans:
         seen += [(span.name, key, value) for key, value in (span.attributes or {}).items()]
         for happened in span.events:
@@ -269,6 +318,19 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
         for operation in ("begin", "complete", "remember_sender")
     ]
     assert all(child_of(span, outbound) for span in ledger)
+    # Its log record names the request, provider and outcome as dimensions, not only in
+    # its text, and belongs to the call's trace.
+    sent = sink.log("request ").log_record
+    assert {
+        key: value for key, value in (sent.attributes or {}).items() if key.startswith("sms.")
+    } == {
+        "sms.provider": "twilio",
+        "sms.request_id": payload()["RequestId"],
+        "sms.channel_definition_id": DEFINITION_ID,
+        "sms.outcome": "Sent",
+        "sms.message_id": sid(1),
+    }
+    assert format(sent.trace_id or 0, "032x") == TRACE_ID
 
 
 def test_a_repeated_request_id_is_counted_as_replayed(
@@ -432,6 +494,13 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
     ]
     actions = sorted(p.attributes["dataverse.action"] for p in sink.of("sms.dataverse.duration"))
     assert actions == ["WhoAmI", "msdyn_D365ChannelsNotification"]
+    forwarded = sink.log(f"request {sent.rid}: Delivered").log_record.attributes or {}
+    assert {key: value for key, value in forwarded.items() if key.startswith("sms.")} == {
+        "sms.provider": "twilio",
+        "sms.report.status": "Delivered",
+        "sms.message_id": sent.sid,
+        "sms.request_id": sent.rid,
+    }
 
 
 def test_repeated_and_intermediate_reports_are_counted_as_such(
