@@ -140,7 +140,7 @@ def _logs() -> tuple[LoggerProvider, InMemoryLogRecordExporter]:
     """The SDK's logs, with which the worker's distro exports log records (and their
     attributes, as custom dimensions)."""
     provider = LoggerProvider()
-    exporter = InMemoryLogRecordExporter()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     return provider, exporter
 
