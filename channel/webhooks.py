@@ -150,8 +150,7 @@ class WebhookService:
                     step.set({telemetry.REPORT_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPORT_STATUS, telemetry.REPORT_OUTCOME)
-                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(keys))
+                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(telemetry.REPORT_KEYS))
 
     def _traced_receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
         """One reply in its own span, counted by what became of it."""
@@ -164,8 +163,7 @@ class WebhookService:
                     step.set({telemetry.REPLY_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPLY_OUTCOME)
-                telemetry.count(telemetry.REPLIES, step.subset(keys))
+                telemetry.count(telemetry.REPLIES, step.subset(telemetry.REPLY_KEYS))
 
     def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
@@ -180,7 +178,12 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "unknown_message"})
             return
-        telemetry.note({telemetry.REQUEST_ID: rid})
+        telemetry.note(
+            {
+                telemetry.REQUEST_ID: rid,
+                telemetry.CHANNEL_DEFINITION: request.get("channel_definition_id"),
+            }
+        )
         sent_through = request.get("provider")
         if sent_through is not None and sent_through != provider:
             # A genuine call of one provider naming a message sent through another: its

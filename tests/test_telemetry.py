@@ -469,6 +469,7 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
         "sms.report.status": "Delivered",
         "sms.message_id": sent.sid,
         "sms.request_id": sent.rid,
+        "sms.channel_definition_id": DEFINITION_ID,
         "sms.report.outcome": "forwarded",
     }
     calls = [s for s in sink.spans() if s.name.startswith("dataverse ")]
@@ -488,6 +489,7 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
                 "sms.provider": "twilio",
                 "sms.report.status": "Delivered",
                 "sms.report.outcome": "forwarded",
+                "sms.channel_definition_id": DEFINITION_ID,  # from the ledger's record
             },
             1,
         )
@@ -500,6 +502,7 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
         "sms.report.status": "Delivered",
         "sms.message_id": sent.sid,
         "sms.request_id": sent.rid,
+        "sms.channel_definition_id": DEFINITION_ID,
     }
 
 
