@@ -32,7 +32,8 @@ def add_dimensions() -> None:
     ``sms.outcome``: the span attributes' names and guard), which the OpenTelemetry
     logging handler the worker installs exports as custom dimensions, so an operator can
     filter logs by them rather than parse the text. Without telemetry installed nothing
-    is added. Installed once per process, over whatever factory came before.
+    is added. Installed once per process, over whatever factory came before. A log call
+    must not pass these names in ``extra`` (logging refuses to overwrite them).
     """
     previous = logging.getLogRecordFactory()
     if getattr(previous, "adds_dimensions", False):

@@ -548,6 +548,13 @@ def test_reply_span_and_counter(
     )
     inbound_call = only(sink.named("dataverse msdyn_D365ChannelsInbound"))
     assert child_of(inbound_call, first)
+    # Its log record names the provider and the message as dimensions; the customer's
+    # number only masked, in the text.
+    received = sink.log(f"inbound {message} from ").log_record
+    assert {k: v for k, v in (received.attributes or {}).items() if k.startswith("sms.")} == {
+        "sms.provider": "twilio",
+        "sms.message_id": message,
+    }
     assert sorted((p.attributes["sms.reply.outcome"], p.value) for p in sink.of("sms.replies")) == [
         ("forwarded", 1),
         ("repeated", 1),
