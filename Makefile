@@ -24,12 +24,17 @@ $(VENV)/.runtime: requirements.txt | python-check
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# The local host's own dependencies (werkzeug, croniter): not deployed.
+$(VENV)/.devhost: $(VENV)/.runtime requirements-devhost.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-devhost.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.devhost requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.runtime
-	$(PY) -m channel.devhost
+run: $(VENV)/.devhost
+	$(PY) -m tools.devhost
 
 # Installs Azurite once (about 20 s) when npm exists; without npm the Table tests skip.
 azurite:
