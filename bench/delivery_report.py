@@ -5,14 +5,16 @@ function (called as the host calls it: an ``azure.functions.HttpRequest`` for
 ``/api/delivery-report/twilio?rid=<RequestId>`` with Twilio's form and a valid
 ``X-Twilio-Signature``; final status ``delivered``; embedded SQLite ledger in a temp dir;
 token already cached) over the median of a bare ``requests.Session().post`` of the same
-JSON body with the same headers to the same fake Dataverse on 127.0.0.1, which answers
-204 at once. Every report is for a distinct message the app sent first through
-``outbound`` (to a fake Twilio that keeps each StatusCallback), so each one really makes
-a notification; the fake Dataverse checks that each call made exactly one. Both sides
+JSON body with the same headers to the same fake Dataverse on 127.0.0.1 (the tests'
+``FakeDataverse``: it checks the token, OData headers and body shape, then answers 204).
+Every report is for a distinct message the app sent first through ``outbound`` (to the
+tests' fake Twilio, whose request log gives each StatusCallback), so each one really
+makes a notification; each call is checked to have made exactly one. Both sides
 run in alternating blocks after a warm-up, so drift cancels out. Target: <= 1.3.
-*Counts*, from a fresh runtime: requests to the fake managed-identity endpoint in the
-first 1,000 notifications (expected 1), and TCP connections the app opened to the fake
-Dataverse in its first 1,000 calls (expected a handful at most).
+*Counts*, from a fresh runtime, read from the fakes' request logs: requests to the fake
+managed-identity endpoint before the 1,000th notification (expected 1), and TCP
+connections the app opened to the fake Dataverse in its first 1,000 calls (expected a
+handful at most).
 
 Run from the repository root: ``.venv/bin/python -m bench.delivery_report
 [--iterations N] [--profile N]``.
