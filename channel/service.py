@@ -109,7 +109,7 @@ class OutboundService:
         try:
             # The provider the first call chose: a retry after a route changed must not
             # reach a second provider (which could not dedupe it) with the same message.
-            provider = self._adapter(str(claim.record.get("provider") or routed))
+            provider = self._adapter(str(claim.record.get("provider") or routed), routed)
             telemetry.note({telemetry.PROVIDER: provider.id})
             prepared = self._prepare(payload, provider, text, claim.record.get("first_attempt_at"))
         except BaseException:
@@ -188,13 +188,25 @@ class OutboundService:
             self._remember_sender(payload, str(claim.record.get("provider") or self.provider.id))
         return answer
 
-    def _adapter(self, provider_id: str) -> Provider:
+    def _adapter(self, provider_id: str, routed: str) -> Provider:
         """The adapter of ``provider_id``; NotConfigured when it cannot be built."""
         if provider_id == self.provider.id:
             return self.provider
-        if self.providers is None:
-            raise NotConfigured([f"no adapter for provider '{provider_id}' in this process"])
-        return self.providers(provider_id)
+        try:
+            if self.providers is None:
+                raise NotConfigured([f"no adapter for provider '{provider_id}' in this process"])
+            return self.providers(provider_id)
+        except NotConfigured as exc:
+            if provider_id == routed:
+                raise
+            # Sending it through the provider routed now could send it twice.
+            raise NotConfigured(
+                [
+                    f"this RequestId was first sent through {provider_id}, whose settings are "
+                    "needed to finish it (its route has changed since)",
+                    *exc.problems,
+                ]
+            ) from None
 
     def _remember_sender(self, payload: OutboundPayload, provider: str) -> None:
         """Learn our number's Dataverse form, so replies to it can be routed back.

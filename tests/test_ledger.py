@@ -588,3 +588,26 @@ def test_a_remembered_sender_addresses_replies_of_its_own_provider_only(
         "from": "12065550111",
         "channel_definition_id": DEFINITION_ID,
     }
+
+
+def test_a_provably_unsent_attempt_after_an_ambiguous_one_leaves_it_ambiguous(
+    ledger: MessageLedger, clock: Clock
+) -> None:
+    first = begin(ledger)
+    assert isinstance(first, Claim)
+    ledger.mark_ambiguous("r-1")
+    clock.now += 601
+    second = begin(ledger)
+    assert isinstance(second, Claim)
+    ledger.release("r-1")  # e.g. throttled, or its provider cannot be built: nothing left
+    record = ledger.get("r-1")
+    assert record is not None
+    assert record["state"] == "ambiguous"  # the first attempt may still have been taken
+    assert record["first_attempt_at"] == first.record["first_attempt_at"]
+    third = begin(ledger)
+    assert isinstance(third, Claim)
+    assert third.record["first_attempt_at"] == first.record["first_attempt_at"]
+    ledger.mark_ambiguous("r-1")
+    clock.now += 601
+    with pytest.raises(SendAmbiguous, match="2 attempts"):
+        begin(ledger)

@@ -331,3 +331,29 @@ def test_a_retry_after_a_route_change_is_sent_only_through_the_first_provider(
     # A new RequestId for that definition takes the new route.
     moved = send(call, RID_B, DEFINITION_ID, SENDER, RECIPIENT)
     assert moved["MessageId"] == providers.telnyx.message_id(1)
+
+
+def test_a_retry_whose_first_provider_is_no_longer_configured_is_refused_not_rerouted(
+    call: Call, configure: Configure, providers: Providers
+) -> None:
+    configure(CHANNEL_TIME_BUDGET_SECONDS="1", CHANNEL_AMBIGUOUS_GRACE_SECONDS="0")
+    providers.vonage.slow(5.0)
+    assert call("outbound", payload(RequestId=RID_A)).status_code == 503
+    # Vonage is dropped altogether: Telnyx is the only provider now.
+    configure(CHANNEL_PROVIDER="telnyx", CHANNEL_ROUTES="", VONAGE_APPLICATION_ID="")
+    refused = call("outbound", payload(RequestId=RID_A))
+    assert refused.status_code == 503
+    problems = answer_json(refused)["problems"]
+    assert problems[0].startswith("this RequestId was first sent through vonage")
+    assert "VONAGE_APPLICATION_ID is not set (provider vonage)" in problems
+    assert providers.telnyx.posts == []
+    # This attempt sent nothing; the first one may have: still in doubt, still Vonage's.
+    record = get_runtime().ledger.get(RID_A)
+    assert record is not None
+    assert (record["state"], record["provider"], record["attempts"]) == ("ambiguous", "vonage", 1)
+    # With Vonage back, the retry finishes there.
+    configure(VONAGE_APPLICATION_ID=VONAGE_APPLICATION_ID)
+    retry = call("outbound", payload(RequestId=RID_A))
+    assert retry.status_code == 200, retry.get_body()
+    assert answer_json(retry)["MessageId"] == providers.vonage.message_uuid(2)
+    assert providers.telnyx.posts == []

@@ -4,7 +4,9 @@ A request record moves through these states (every change is an ETag-guarded wri
 so concurrent callers and scaled-out instances agree on one winner):
 
     (none) --begin--> claimed --complete--> done          (Sent or NotSent; answer stored)
-                         |--release--> retryable          (provably unsent: 429, refused)
+                         |--release--> retryable          (provably unsent: 429, refused;
+                         |                                 ambiguous again if an earlier
+                         |                                 attempt may have reached it)
                          |--mark_ambiguous--> ambiguous   (5xx, read timeout: maybe sent)
                          '-- lease expires --> ambiguous  (the process died mid-send)
 
@@ -172,10 +174,19 @@ class MessageLedger:
         return OutboundResponse.model_validate(record["answer"])
 
     def release(self, request_id: str) -> None:
-        """Give the claim back after a provably unsent failure; a retry may claim again."""
-        self._update(
-            request_id, lambda r: r | {"state": "retryable"} if r["state"] == "claimed" else None
-        )
+        """Give the claim back after a provably unsent failure; a retry may claim again.
+
+        A claim taken over an ambiguous attempt gives it back ambiguous: this attempt sent
+        nothing, but the earlier one may have (its grace, its count and its first-attempt
+        time still hold for the next claim).
+        """
+
+        def give_back(record: Record) -> Record | None:
+            if record["state"] != "claimed":
+                return None
+            return record | {"state": "ambiguous" if record["attempts"] else "retryable"}
+
+        self._update(request_id, give_back)
 
     def mark_ambiguous(self, request_id: str) -> None:
         """Remember that an attempt may have reached the provider."""
