@@ -40,7 +40,6 @@ from tests.data import (
 from tests.fake_telnyx import FakeTelnyx
 from tests.fake_vonage import PRIVATE_KEY_PEM, FakeVonage
 from tests.fakes import ORGANIZATION_ID, FakeDataverse
-from tests.test_telemetry import Sink, _sdk, sink  # noqa: F401 - the SDK's fixtures, used by name
 
 SAMPLES = Path(__file__).parent / "samples"
 NOTIFY = "msdyn_D365ChannelsNotification"
@@ -358,22 +357,3 @@ def test_a_retry_whose_first_provider_is_no_longer_configured_is_refused_not_rer
     assert retry.status_code == 200, retry.get_body()
     assert answer_json(retry)["MessageId"] == providers.vonage.message_uuid(2)
     assert providers.telnyx.posts == []
-
-
-def test_each_send_is_counted_under_the_provider_it_went_through(
-    call: Call, providers: Providers, request: pytest.FixtureRequest
-) -> None:
-    recorded: Sink = request.getfixturevalue("sink")
-    send_both(call)
-    assert [dict(s.attributes or {})["sms.provider"] for s in recorded.named("outbound")] == [
-        "vonage",
-        "telnyx",
-    ]
-    assert [dict(s.attributes or {})["sms.provider"] for s in recorded.named("provider.send")] == [
-        "vonage",
-        "telnyx",
-    ]
-    assert sorted(p.attributes["sms.provider"] for p in recorded.of("sms.outbound.messages")) == [
-        "telnyx",
-        "vonage",
-    ]
