@@ -67,7 +67,8 @@ class Settings:
     provider_problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Each provider's problems by id; those of the providers in use are in ``problems``."""
     ambiguous_grace_by_provider: Mapping[str, float] = field(default_factory=dict)
-    """``ambiguous_grace_seconds`` of each provider in use, when they differ."""
+    """The grace of each provider in use: its own, unless CHANNEL_AMBIGUOUS_GRACE_SECONDS
+    sets one for all (``ambiguous_grace_seconds`` is CHANNEL_PROVIDER's)."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
