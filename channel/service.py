@@ -101,7 +101,7 @@ class OutboundService:
             telemetry.note({telemetry.REPLAYED: True})  # counted apart from first answers
             return claim.response
         try:
-            prepared = self._prepare(payload, text, claim.record.get("first_attempt_at"))
+            prepared = self._prepare(payload, text, claim)
         except BaseException:
             self.ledger.release(rid)  # nothing left this process: a retry may claim again
             raise
@@ -193,10 +193,11 @@ class OutboundService:
             log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
     def _prepare(
-        self, payload: OutboundPayload, text: str, first_attempt_at: float | None
+        self, payload: OutboundPayload, text: str, claim: Claim
     ) -> OutboundSms | OutboundResponse:
         """The SMS for the provider, or a NotSent answer the app can give beforehand."""
         rid = payload.RequestId
+        first_attempt_at = claim.record.get("first_attempt_at")
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
             log.info(
@@ -235,6 +236,7 @@ class OutboundService:
             status_callback_url=self.settings.status_callback_url(self.provider.id),
             # The ledger's: the same for every attempt that may repeat an earlier one.
             first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
+            maybe_sent_before=claim.attempt > 1,
         )
 
     def _submit(
