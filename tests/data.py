@@ -77,3 +77,10 @@ VONAGE_SIGNATURE_SECRET = "vonage-test-signature-secret-0001-not-real"
 TELNYX_API_KEY = "KEY0190ABCDEF_telnyx-test-api-key-0001"
 
 SENSITIVE.extend([VONAGE_SIGNATURE_SECRET, TELNYX_API_KEY])
+
+# --- Sinch ---
+SINCH_SERVICE_PLAN_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+SINCH_API_TOKEN = "sinch-test-api-token-0001-not-real"
+SINCH_WEBHOOK_SECRET = "sinch-test-webhook-secret-0001"
+
+SENSITIVE.extend([SINCH_API_TOKEN, SINCH_WEBHOOK_SECRET])
