@@ -1,12 +1,13 @@
-"""Outbound overhead with Vonage and with Telnyx, warm.
+"""Outbound overhead with Vonage, Telnyx and Sinch, warm.
 
-Two ratios, one per provider: the median latency of the ``outbound`` function (called
+One ratio per provider: the median latency of the ``outbound`` function (called
 as the host calls it; embedded SQLite ledger in a temp dir; a new RequestId per call)
 over the median of a bare ``requests.Session().post`` of the same request (body and
 headers built once by the adapter beforehand) to the same fake on 127.0.0.1, which
 answers at once. The app's side pays what each adapter adds per message: Vonage's JSON
 body and its application JWT (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body,
-its UUIDv5 Idempotency-Key, and the ledger record of its message id. Alternating blocks
+its UUIDv5 Idempotency-Key, and the ledger record of its message id; Sinch's JSON batch
+body with its client_reference. Alternating blocks
 after a warm-up, so drift cancels out. Target: <= 1.3 each.
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]``.
@@ -53,6 +54,8 @@ from tests.data import RECIPIENT, SENDER_E164, TEXT
 WARM_TARGET = 1.3
 APPLICATION_ID = "5f2b8c4e-1a3d-4e6f-9b7a-0c8d2e4f6a1b"
 API_KEY = "KEY-bench-telnyx"
+SINCH_PLAN = "benchplan0001"
+SINCH_TOKEN = "bench-sinch-token"  # noqa: S105 - a fake's token
 
 
 class FakeNextServer(FakeServer):
@@ -72,6 +75,10 @@ class _FakeNextHandler(FastHandler):
             self.answer(202, json.dumps({"message_uuid": message_id}).encode())
         elif self.path == "/v2/messages" and self.headers["Authorization"] == f"Bearer {API_KEY}":
             self.answer(200, json.dumps({"data": {"id": message_id}}).encode())
+        elif self.path == f"/xms/v1/{SINCH_PLAN}/batches" and (
+            self.headers["Authorization"] == f"Bearer {SINCH_TOKEN}"
+        ):
+            self.answer(201, json.dumps({"id": message_id, "type": "mt_text"}).encode())
         else:
             self.answer(401, b"{}")
 
@@ -81,6 +88,14 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
     env = channel_env(base_url, ledger_path)
     for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_BASE_URL"):
         env.pop(name, None)
+    if provider == "sinch":
+        env.update(
+            CHANNEL_PROVIDER="sinch",
+            SINCH_SERVICE_PLAN_ID=SINCH_PLAN,
+            SINCH_API_TOKEN=SINCH_TOKEN,
+            SINCH_BASE_URL=base_url,
+        )
+        return env
     if provider == "vonage":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
@@ -115,6 +130,18 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
 
     settings = Settings.from_env()
     sms = OutboundSms(RECIPIENT, SENDER_E164, TEXT, str(uuid.uuid4()), None)
+    if provider == "sinch":
+        from channel.providers import sinch
+
+        sinch_sender = sinch.sender(
+            sinch.SPEC.settings_in(settings), settings, requests.Session(), None
+        )
+        headers = {
+            "Authorization": f"Bearer {SINCH_TOKEN}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        return f"/xms/v1/{SINCH_PLAN}/batches", sinch_sender.body(sms), headers
     if provider == "vonage":
         sender = vonage.sender(
             vonage.SPEC.settings_in(settings), settings, requests.Session(), None
@@ -183,7 +210,7 @@ def measure(provider: str, server: FakeNextServer, tmp: str, iterations: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print both warm figures (exit status 1 when a target is missed)."""
+    """Measure and print each warm figure (exit status 1 when a target is missed)."""
     parser = argparse.ArgumentParser(prog="python -m bench.outbound_next", description=__doc__)
     parser.add_argument("--iterations", type=int, default=600, help="warm calls of each kind")
     options = parser.parse_args(argv)
@@ -192,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     with (
         tempfile.TemporaryDirectory(prefix="bench-outbound-next-") as tmp,
-        serving(FakeNextServer(), "fake-vonage-telnyx") as server,
+        serving(FakeNextServer(), "fake-vonage-telnyx-sinch") as server,
     ):
         figures = [
             (f"warm outbound ({name})", measure(name, server, tmp, options.iterations), WARM_TARGET)
-            for name in ("vonage", "telnyx")
+            for name in ("vonage", "telnyx", "sinch")
         ]
     return missed(*figures)
 
