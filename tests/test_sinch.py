@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from urllib.parse import urlencode
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -33,6 +34,7 @@ from tests.data import (
     UK_RECIPIENT,
     UK_RECIPIENT_E164,
     UNICODE_TEXT,
+    WEBHOOK_SECRET,
     payload,
 )
 from tests.fake_sinch import FakeSinch
@@ -91,6 +93,19 @@ def test_request_is_what_sinch_expects(call: Call, sinch: FakeSinch) -> None:
     assert post.headers["Authorization"] == f"Bearer {SINCH_API_TOKEN}"
     assert post.headers["Content-Type"] == "application/json"
     assert sinch.lookups == []  # a first attempt asks nothing first
+
+
+def test_without_signing_the_callback_url_carries_the_shared_secret(
+    call: Call, sinch: FakeSinch, configure: Configure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(CHANNEL_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    assert_ok(call("outbound", payload(RequestId="signed")), sent(sinch.batch_id(1), "signed"))
+    monkeypatch.delenv("SINCH_WEBHOOK_SECRET")
+    configure()
+    assert_ok(call("outbound", payload()), sent(sinch.batch_id(2)))
+    signed, by_query = (post.json["callback_url"] for post in sinch.posts)
+    assert signed == CALLBACK  # signed callbacks: no secret in the URL
+    assert by_query == f"{CALLBACK}?{urlencode({'secret': WEBHOOK_SECRET})}"
 
 
 def test_alphanumeric_sender_and_digits_only_recipient(call: Call, sinch: FakeSinch) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 import pytest
@@ -530,6 +530,7 @@ def test_forged_calls_change_nothing(
 
 def test_with_the_query_secret_instead_of_signing(
     call: Call,
+    sinch: FakeSinch,
     wired: FakeDataverse,
     identity: FakeIdentity,
     monkeypatch: pytest.MonkeyPatch,
@@ -538,6 +539,10 @@ def test_with_the_query_secret_instead_of_signing(
     reset_runtime()
     batch_id = send(call)
     body = report(batch_id, "Delivered")
+    # Sinch calls the batch's callback_url: the app put the shared secret in it.
+    callback = urlsplit(sinch.posts[0].json["callback_url"])
+    assert callback.path == "/api/delivery-report/sinch"
+    assert parse_qs(callback.query) == {"secret": [WEBHOOK_SECRET]}
     before = ledger_rows()
     assert hook(call, "delivery_report", body, headers={}).status_code == 401
     wrong = hook(call, "delivery_report", body, headers={}, params={"secret": "wrong"})
@@ -545,7 +550,7 @@ def test_with_the_query_secret_instead_of_signing(
     assert ledger_rows() == before
     assert wired.calls == []
     assert identity.tokens == 0
-    right = {"secret": WEBHOOK_SECRET}
+    right = dict(parse_qsl(callback.query))
     assert hook(call, "delivery_report", body, headers={}, params=right).status_code == 200
     assert hook(call, "inbound", raw("mo-text.json"), headers={}, params=right).status_code == 200
     assert wired.calls == [notification(batch_id, "Delivered"), REPLY]

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
@@ -82,11 +82,21 @@ class SinchProvider:
     id = "sinch"
 
     def __init__(
-        self, *, service_plan_id: str, api_token: str, session: requests.Session, base_url: str
+        self,
+        *,
+        service_plan_id: str,
+        api_token: str,
+        session: requests.Session,
+        base_url: str,
+        callback_secret: str | None = None,
     ) -> None:
         self.url = f"{base_url.rstrip('/')}/xms/v1/{quote(service_plan_id, safe='')}/batches"
         self._authorization = f"Bearer {api_token}"
         self._session = session
+        # Without signed callbacks, the reports' URL must carry our shared secret.
+        self._callback_query = (
+            None if callback_secret is None else urlencode({"secret": callback_secret})
+        )
 
     def send(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
         """POST the batch once (after looking for an earlier one) and classify the answer."""
@@ -125,7 +135,9 @@ class SinchProvider:
             "client_reference": sms.correlation,
         }
         if sms.status_callback_url is not None:
-            request["callback_url"] = sms.status_callback_url
+            query = self._callback_query
+            url = sms.status_callback_url
+            request["callback_url"] = url if query is None else f"{url}?{query}"
         return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def find_batch(self, sms: OutboundSms, budget: Budget) -> str | None:
@@ -279,6 +291,8 @@ def sender(
         api_token=own.api_token,
         session=session,
         base_url=own.base_url,
+        # Signed callbacks need no secret in the URL (and a ?secret= alone is refused).
+        callback_secret=settings.webhook_secret if own.webhook_secret is None else None,
     )
 
 
