@@ -313,6 +313,22 @@ def test_a_repeat_after_a_5xx_that_created_nothing_posts_once(
     assert len(sinch.batches) == 1
 
 
+def test_the_last_attempt_is_not_posted_with_too_little_time_left(
+    call: Call, sinch: FakeSinch, configure: Configure
+) -> None:
+    """A POST the deadline would cut short could only end in a second unknown outcome."""
+    configure(CHANNEL_AMBIGUOUS_GRACE_SECONDS="0")
+    sinch.answer(500, error("internal_error", "Internal error"))
+    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
+    configure(CHANNEL_TIME_BUDGET_SECONDS="2")  # 1.5 s for the provider after the reserve
+    assert_problem(call("outbound", payload()), 503, "provider-unavailable")
+    assert len(sinch.posts) == 1
+    assert sinch.lookups
+    configure(CHANNEL_TIME_BUDGET_SECONDS="20")
+    assert_ok(call("outbound", payload()), sent(sinch.batch_id(1)))
+    assert len(sinch.posts) == 2
+
+
 def test_a_repeat_waits_for_the_grace_period(call: Call, sinch: FakeSinch) -> None:
     """Within the grace period a status callback may still settle it: nothing is asked."""
     sinch.answer(500, error("internal_error", "Internal error"))

@@ -74,6 +74,9 @@ LOOKBACK_SECONDS = 86400.0
 without a start date, only the last 24 hours)."""
 LIST_HORIZON_SECONDS = 13 * 86400.0
 """The oldest start date asked for: inside the 14 days Sinch lists."""
+MIN_SEND_SECONDS = 2.0
+"""Budget a POST needs left after the lookup: this is the last attempt the ledger allows,
+and one cut short by the deadline would only end in another unknown outcome."""
 
 
 class SinchProvider:
@@ -113,6 +116,8 @@ class SinchProvider:
                     sms.correlation,
                 )
                 return Accepted(earlier)
+            if not budget.allows(MIN_SEND_SECONDS):
+                raise Unreachable("no earlier Sinch batch, and too little time left to send")
         reply = post_once(
             self._session,
             self.url,
