@@ -1,6 +1,6 @@
-"""Outbound overhead with each REST provider after Twilio: Vonage, Telnyx and ACS, warm.
+"""Outbound overhead with each REST provider after Twilio: Vonage, Telnyx, ACS, Sinch, warm.
 
-One ratio per provider (``--provider``, all three by default): the median latency of the
+One ratio per provider (``--provider``, all of them by default): the median latency of the
 ``outbound`` function (called as the host calls it; embedded SQLite ledger in a temp dir;
 a new RequestId per call) over the median of a bare ``requests.Session().post`` of the
 same request (body and headers built once by the adapter beforehand) to the same fake of
@@ -8,11 +8,12 @@ same request (body and headers built once by the adapter beforehand) to the same
 side pays what each adapter adds per message: Vonage's JSON body and its application JWT
 (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body, its UUIDv5 Idempotency-Key and
 the ledger record of its message id; ACS's JSON body, its repeatability id and first-sent
-time, the SHA-256 of the body and the HMAC signature. Alternating blocks after a warm-up,
+time, the SHA-256 of the body and the HMAC signature; Sinch's JSON batch with its
+client_reference. Alternating blocks after a warm-up,
 so drift cancels out. Target: <= 1.3 each.
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]
-[--provider vonage|telnyx|acs ...]``.
+[--provider vonage|telnyx|acs|sinch ...]``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from tests.data import (
     ACS_ACCESS_KEY,
     RECIPIENT,
     SENDER_E164,
+    SINCH_API_TOKEN,
+    SINCH_SERVICE_PLAN_ID,
     TELNYX_API_KEY,
     TEXT,
     VONAGE_APPLICATION_ID,
@@ -49,7 +52,7 @@ from tests.data import (
 )
 
 WARM_TARGET = 1.3
-PROVIDERS = ("vonage", "telnyx", "acs")
+PROVIDERS = ("vonage", "telnyx", "acs", "sinch")
 
 
 def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, str]:
@@ -72,6 +75,12 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
         env.update(
             TELNYX_API_KEY=TELNYX_API_KEY, TELNYX_PUBLIC_KEY=PUBLIC_KEY, TELNYX_BASE_URL=base_url
         )
+    elif provider == "sinch":
+        env.update(
+            SINCH_SERVICE_PLAN_ID=SINCH_SERVICE_PLAN_ID,
+            SINCH_API_TOKEN=SINCH_API_TOKEN,
+            SINCH_BASE_URL=base_url,
+        )
     else:
         env.update(ACS_ENDPOINT=base_url, ACS_ACCESS_KEY=ACS_ACCESS_KEY)
     return env
@@ -90,6 +99,10 @@ def serve_fake(provider: str, server: FastServer) -> tuple[Any, int]:
         from tests.fake_telnyx import FakeTelnyx
 
         return FakeTelnyx(server.as_httpserver()), 200
+    if provider == "sinch":
+        from tests.fake_sinch import FakeSinch
+
+        return FakeSinch(server.as_httpserver()), 201
     from tests.fakes import FakeAcs
 
     return FakeAcs(server.as_httpserver(), key=base64.b64decode(ACS_ACCESS_KEY)), 202
@@ -126,6 +139,16 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
             "Idempotency-Key": telnyx.idempotency_key(sms.correlation),
         }
         return "", telnyx_sender.body(sms), headers
+    if provider == "sinch":
+        from channel.providers import sinch
+
+        sinch_sender = sinch.sender(sinch.SPEC.settings_in(settings), settings, session, None)
+        headers = {
+            "Authorization": f"Bearer {SINCH_API_TOKEN}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        return "", sinch_sender.body(sms), headers
     own_acs = acs.SPEC.settings_in(settings)
     provider_acs = acs.AcsProvider(
         endpoint=str(own_acs.endpoint),
@@ -170,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "--provider",
         action="append",
         choices=PROVIDERS,
-        help="measure this provider (repeatable; all three by default)",
+        help="measure this provider (repeatable; all of them by default)",
     )
     options = parser.parse_args(argv)
     if options.iterations < 2:

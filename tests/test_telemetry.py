@@ -56,6 +56,13 @@ from tests.data import (
 from tests.fake_telnyx import PUBLIC_KEY
 from tests.fakes import FakeDataverse, FakeTwilio
 from tests.test_forwarding import AFTER_ANY_BACKOFF, REFUSAL, Clock
+from tests.test_several_providers import (  # noqa: F401 - fixtures, used by name
+    ledger_kind,
+    providers,
+    send_both,
+    telnyx_server,
+    vonage_server,
+)
 from tests.test_table_ledger import on_table, table_store  # noqa: F401 - on_table: a fixture
 from tests.test_webhooks_telnyx import event, hook
 from tests.twilio_hooks import (
@@ -741,3 +748,22 @@ def test_ledger_spans_count_every_table_request(
     trips = [int(s.attributes["sms.ledger.round_trips"]) for s in top]  # type: ignore[arg-type,index]
     assert all(trip >= 1 for trip in trips)
     assert sum(trips) == store.round_trips - before
+
+
+@pytest.mark.usefixtures("providers")
+def test_each_send_is_counted_under_the_provider_it_went_through(call: Call, sink: Sink) -> None:
+    send_both(call)  # Vonage (CHANNEL_PROVIDER), then Telnyx (CHANNEL_ROUTES)
+    assert [span.attributes["sms.provider"] for span in sink.named("outbound")] == [  # type: ignore[index]
+        "vonage",
+        "telnyx",
+    ]
+    attempts = [dict(span.attributes or {}) for span in sink.named("provider.send")]
+    # The HTTP status comes from the hook of the process's one session: both use it.
+    assert [(a["sms.provider"], a["http.response.status_code"]) for a in attempts] == [
+        ("vonage", 202),
+        ("telnyx", 200),
+    ]
+    assert sorted(p.attributes["sms.provider"] for p in sink.of("sms.outbound.messages")) == [
+        "telnyx",
+        "vonage",
+    ]
