@@ -46,10 +46,10 @@ def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
     budget = Budget(RUN_BUDGET_SECONDS)
     forwarded = failed = waiting = 0
     survey = service.outbox.survey(FORWARD_BATCH)
-    for key in survey.due:
+    for due in survey.due:
         if not budget.allows(5.0):
             break
-        lease = service.outbox.claim(key)
+        lease = service.outbox.claim_due(due)
         if lease is None:  # forwarded or leased by another instance meanwhile
             continue
         # The lease outlives one call's time budget by a margin, not the run's 45 s: a

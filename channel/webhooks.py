@@ -232,6 +232,7 @@ class WebhookService:
                 "From": request["from"],
                 "Status": report.state.value,
             },
+            legacy=self.ledger.has_legacy_records(request),
         )
         if lease is None:
             log.info(

@@ -35,7 +35,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from channel.budget import Budget
-from channel.ledger.outbox import MAX_ATTEMPTS, MAX_BACKOFF_SECONDS
+from channel.ledger.outbox import MAX_BACKOFF_SECONDS, MAX_FORWARD_ATTEMPTS
 from channel.ledger.retention import MARKER_RETENTION_DAYS
 from channel.ledger.store import RecordStore
 from channel.ledger.table import TableStore
@@ -234,7 +234,7 @@ def text_of(form: Form) -> str:
 
 def keys(store: RecordStore) -> set[str]:
     """Every record key of the ledger."""
-    kinds = ("request", "sender", "outbox", "forwarded")
+    kinds = ("request", "sender", "due", "done")
     return {key for kind in kinds for key, _ in store.scan(kind)}
 
 
@@ -461,30 +461,30 @@ def test_an_item_dataverse_keeps_refusing_is_dead_after_max_attempts(
     dataverse.refused.add(refused.rid)
     assert report(call, refused, "delivered").status_code == 503  # attempt 1
     assert_acknowledged(report(call, fine, "delivered"))
-    for _ in range(MAX_ATTEMPTS - 1):
+    for _ in range(MAX_FORWARD_ATTEMPTS - 1):
         clock.offset += AFTER_ANY_BACKOFF
         tick()
-    assert dataverse.refusals == {refused.rid: MAX_ATTEMPTS}
+    assert dataverse.refusals == {refused.rid: MAX_FORWARD_ATTEMPTS}
 
     # Dead: never tried again, by the timer or by a provider's retry.
     for _ in range(3):
         clock.offset += AFTER_ANY_BACKOFF
         tick()
     assert_acknowledged(report(call, refused, "delivered"))
-    assert dataverse.refusals == {refused.rid: MAX_ATTEMPTS}
+    assert dataverse.refusals == {refused.rid: MAX_FORWARD_ATTEMPTS}
     assert dataverse.calls == [(NOTIFY, notification(fine, "Delivered"))]
 
     shown = forwarding(call)
     assert (shown["pending"], shown["dead"]) == (0, 1)
-    assert shown["oldestDeadSeconds"] > (MAX_ATTEMPTS - 1) * AFTER_ANY_BACKOFF
+    assert shown["oldestDeadSeconds"] > (MAX_FORWARD_ATTEMPTS - 1) * AFTER_ANY_BACKOFF
     kept = get_runtime().outbox.get(f"notification:{refused.rid}")
     assert kept is not None
-    assert (kept["state"], kept["attempts"]) == ("dead", MAX_ATTEMPTS)
+    assert (kept["state"], kept["attempts"]) == ("dead", MAX_FORWARD_ATTEMPTS)
     (dead,) = [
         r for r in caplog.records if r.levelno == logging.ERROR and "is dead" in r.getMessage()
     ]
     message = dead.getMessage()
-    assert f"notification:{refused.rid} is dead after {MAX_ATTEMPTS} attempts" in message
+    assert f"notification:{refused.rid} is dead after {MAX_FORWARD_ATTEMPTS} attempts" in message
     assert "403" in message
     assert SENDER not in message
     assert SENDER_E164 not in message
@@ -544,17 +544,17 @@ def test_the_timer_removes_records_past_retention_and_keeps_young_ones(
 
     tick()
 
-    old = {"request:old", "request:stuck", "outbox:notification:stuck"}
+    old = {"request:old", "request:stuck", "due:notification:stuck"}
     markers = {
-        "forwarded:notification:old",
-        f"forwarded:inbound:twilio:{dict(made['old'][1])['MessageSid']}",
+        "done:notification:old",
+        f"done:inbound:twilio:{dict(made['old'][1])['MessageSid']}",
     }
     assert old | markers <= before
     assert keys(store) == before - old
     assert f"sender:{SENDER_E164}" in keys(store)  # configuration, not history
     assert markers <= keys(store)  # kept far longer (see the replay test below)
     assert any(
-        r.levelno == logging.WARNING and "outbox:notification:stuck" in r.getMessage()
+        r.levelno == logging.WARNING and "due:notification:stuck" in r.getMessage()
         for r in caplog.records
     )
     # A late callback for a message past retention is acknowledged and not reported.
@@ -580,8 +580,8 @@ def test_a_signed_reply_or_report_replayed_after_retention_is_not_forwarded_agai
     assert len(dataverse.calls) == 2
     store = get_runtime().ledger.store
     markers = {
-        f"forwarded:notification:{sent.rid}",
-        f"forwarded:inbound:twilio:{dict(form)['MessageSid']}",
+        f"done:notification:{sent.rid}",
+        f"done:inbound:twilio:{dict(form)['MessageSid']}",
     }
 
     clock.offset = 31 * DAY
@@ -799,16 +799,19 @@ def test_table_round_trips_of_a_send_and_a_final_report(
     # once per process).
     assert first_send <= 3
     assert next_send <= 2
-    # A final report: the request (read), the item (insert), the forwarded marker (read:
-    # not forwarded before), then the marker (insert) and the item (delete).
-    assert final <= 5
-    assert next_final <= 5
+    # A final report: the request (read), the item and its marker (one transaction),
+    # then the marker forwarded and the item removed (one transaction).
+    assert final <= 3
+    assert next_final <= 3
     assert intermediate <= 1
-    # Kept in an outage: the request (read), the item (insert), the marker (read), and
+    # A repeat: the request (read), the transaction refused, the item (read: gone).
+    assert duplicate <= 3
+    # Kept in an outage: the request (read), the item and marker (one transaction), and
     # the failed attempt (replace).
-    assert kept <= 4
-    # The timer: the outbox scan, per item a lease (read, marker read, replace) and the
-    # marker and delete, then retention: its cursor (read, write) and a page per kind
-    # (request, outbox, forwarded, and the message-id records of providers that echo
-    # only their id).
-    assert timer <= 1 + 5 * len(held) + 6
+    assert kept <= 3
+    # The timer: the outbox scan (this version's items, and the previous version's), per
+    # item a lease (replace, of the version the scan read) and one transaction (marker
+    # forwarded, item removed), then retention: its cursor (read, write) and a page per
+    # kind (request, due, done, outbox, forwarded, and the message-id records of
+    # providers that echo only their id).
+    assert timer <= 2 + 2 * len(held) + 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from werkzeug import Request, Response
 
 from channel.errors import StoreUnavailable
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.store import Record, RecordStore, Versioned
+from channel.ledger.store import Record, RecordStore, Versioned, Write
 from channel.runtime import get_runtime, reset_runtime
 from tests.azurite import Azurite
 from tests.conftest import Call, Configure, answer_json
@@ -232,6 +232,9 @@ class FailingWrites:
 
     def delete(self, key: str, etag: str) -> None:
         self.store.delete(key, etag)
+
+    def transact(self, writes: Sequence[Write]) -> list[str]:
+        return self.store.transact(writes)
 
     def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
         return self.store.scan(kind)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from channel.budget import Budget
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.outbox import MAX_ATTEMPTS, Outbox, retry_delay
+from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS, Outbox, retry_delay
 from channel.ledger.retention import MARKER_RETENTION_DAYS, sweep
-from channel.ledger.store import Record, RecordStore, Versioned
+from channel.ledger.store import Record, RecordStore, Versioned, Write
 from channel.ledger.table import TableStore
 from tests.azurite import Azurite
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER
@@ -72,7 +72,7 @@ def test_forwarded_items_leave_the_outbox(outbox: Outbox, store: EmbeddedStore) 
     lease = outbox.put("notification:r-1", "notification", PAYLOAD)
     assert lease is not None
     outbox.forwarded(lease)
-    assert [key for key, _ in store.scan("outbox")] == []
+    assert [key for key, _ in store.scan("due")] == []
     assert outbox.stats().pending == 0
 
 
@@ -116,7 +116,7 @@ def test_backoff_doubles_to_an_hour_and_honours_retry_after() -> None:
 
 
 def test_an_item_that_keeps_failing_is_dead_and_counted(outbox: Outbox, clock: Clock) -> None:
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    for attempt in range(1, MAX_FORWARD_ATTEMPTS + 1):
         lease = outbox.claim("notification:r-1", force=True) or outbox.put(
             "notification:r-1", "notification", PAYLOAD
         )
@@ -202,7 +202,7 @@ def test_a_refusal_before_acting_is_retried_at_once_and_not_in_doubt(
 def test_an_item_waiting_for_an_operator_counts_no_attempt(outbox: Outbox, clock: Clock) -> None:
     lease = outbox.put("inbound:twilio:SM1", "inbound", {"ChannelDefinitionId": None})
     assert lease is not None
-    for _ in range(MAX_ATTEMPTS + 1):
+    for _ in range(MAX_FORWARD_ATTEMPTS + 1):
         item = outbox.waiting(lease, "channel definition")
         assert (item["state"], item["attempts"]) == ("pending", 0)
         assert outbox.due(10) == []
@@ -235,18 +235,18 @@ def test_retention_removes_old_records_keeps_young_ones_and_markers_for_a_year(
     assert swept.removed == 1
     assert kinds(store) == {
         "request:young",
-        "forwarded:notification:old",
-        "forwarded:notification:young",
+        "done:notification:old",
+        "done:notification:young",
         "sender:+12065550100",
     }
     clock.now += MARKER_RETENTION_DAYS * DAY - 39 * DAY
     swept = sweep(store, now=clock.now, retention_days=30, limit=100, budget=Budget(60))
     assert swept.removed == 2
-    assert kinds(store) == {"forwarded:notification:young", "sender:+12065550100"}
+    assert kinds(store) == {"done:notification:young", "sender:+12065550100"}
 
 
 def kinds(store: RecordStore) -> set[str]:
-    return {key for kind in ("request", "forwarded", "sender") for key, _ in store.scan(kind)}
+    return {key for kind in ("request", "done", "sender") for key, _ in store.scan(kind)}
 
 
 class Counting:
@@ -268,6 +268,9 @@ class Counting:
 
     def delete(self, key: str, etag: str) -> None:
         self.store.delete(key, etag)
+
+    def transact(self, writes: Sequence[Write]) -> list[str]:
+        return self.store.transact(writes)
 
     def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
         for found in self.store.scan(kind):
@@ -308,21 +311,22 @@ def test_retention_sweeps_a_large_ledger_a_bounded_slice_per_run(any_store: Reco
     rng = random.Random(8)  # noqa: S311 - reproducible keys and ages, not a secret
     expired: set[str] = set()
     kept: set[str] = set()
-    for n in range(45):
-        kind = ("request", "outbox", "forwarded")[n % 3]
+    kinds = ("request", "due", "done", "outbox", "forwarded")
+    for n in range(60):
+        kind = kinds[n % len(kinds)]
         key = f"{kind}:{rng.getrandbits(64):016x}"
         age = rng.choice([0.0, 40.0, MARKER_RETENTION_DAYS + 1])
         store.insert(key, {"created_at": NOW - age * DAY, "state": "pending"})
-        limit_days = MARKER_RETENTION_DAYS if kind == "forwarded" else 30
+        limit_days = MARKER_RETENTION_DAYS if kind in ("done", "forwarded") else 30
         (expired if age > limit_days else kept).add(key)
     assert len(expired) > LIMIT
     removed = 0
-    for _ in range(6):  # 45 records, 10 a run: one lap takes 5 runs
+    for _ in range(8):  # 60 records, 10 a run: one lap takes 6 runs (and a kind's end)
         store.read = 0
         swept = sweep(store, now=NOW, retention_days=30, limit=LIMIT, budget=Budget(60))
         assert store.read == swept.scanned <= LIMIT
         removed += swept.removed
-    left = {key for kind in ("request", "outbox", "forwarded") for key, _ in any_store.scan(kind)}
+    left = {key for kind in kinds for key, _ in any_store.scan(kind)}
     assert left == kept
     assert removed == len(expired)
 

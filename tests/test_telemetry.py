@@ -39,7 +39,7 @@ from werkzeug import Response
 
 from channel import telemetry
 from channel.forwarding import forward_pending
-from channel.ledger.outbox import MAX_ATTEMPTS
+from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS
 from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
@@ -693,9 +693,12 @@ def test_timer_run_records_its_counts_and_the_outbox_gauges(
     sent = send(call, twilio)
     refusal = json.dumps(REFUSAL)
     dataverse.script += [
-        Response(refusal, status=403, content_type="application/json") for _ in range(MAX_ATTEMPTS)
+        Response(refusal, status=403, content_type="application/json")
+        for _ in range(MAX_FORWARD_ATTEMPTS)
     ]
-    assert report(call, sent, "delivered").status_code == 503  # kept: attempt 1 of MAX_ATTEMPTS
+    assert (
+        report(call, sent, "delivered").status_code == 503
+    )  # kept: attempt 1 of MAX_FORWARD_ATTEMPTS
     clock = Clock()
     get_runtime().outbox.clock = clock
 
@@ -724,7 +727,7 @@ def test_timer_run_records_its_counts_and_the_outbox_gauges(
     operations = [(s.attributes or {}).get("sms.ledger.operation") for s in sink.spans()]
     assert operations.count("survey") == 1
 
-    for attempt in range(2, MAX_ATTEMPTS + 1):
+    for attempt in range(2, MAX_FORWARD_ATTEMPTS + 1):
         clock.offset += AFTER_ANY_BACKOFF
         counts = run()
         assert (counts["sms.outbox.failed"], counts["sms.outbox.pending"]) == (1, 1), attempt

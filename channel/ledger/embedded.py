@@ -6,13 +6,21 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from channel import telemetry
 from channel.budget import time_left
 from channel.errors import StoreUnavailable
-from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
+from channel.ledger.store import (
+    AlreadyExists,
+    Record,
+    StaleRecord,
+    Versioned,
+    Write,
+    check_grouped,
+    encode_record,
+)
 
 BUSY_TIMEOUT_SECONDS = 10.0
 """Longest wait for another writer's lock; a call's budget cuts it to what it has left."""
@@ -35,6 +43,10 @@ _PAGE_FROM_START = (
 _PAGE_AFTER = (
     "SELECT key, data, version FROM records WHERE key > ? AND key < ? ORDER BY key LIMIT ?"
 )
+_REPLACE_AT = (
+    "UPDATE records SET data = ?, version = version + 1 WHERE key = ? AND (? = -1 OR version = ?)"
+)
+_DELETE_AT = "DELETE FROM records WHERE key = ? AND (? = -1 OR version = ?)"
 
 
 class EmbeddedStore:
@@ -151,6 +163,20 @@ class EmbeddedStore:
         if not gone:
             raise StaleRecord(key)
 
+    def transact(self, writes: Sequence[Write]) -> list[str]:
+        """Apply every write or none (one SQLite transaction); the new etags ('' for a delete)."""
+        check_grouped(writes)
+        texts = [encode_record(w.key, w.data or {}) for w in writes]
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                etags = [_apply(db, write, text) for write, text in zip(writes, texts, strict=True)]
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return etags
+
     def scan(self, kind: str) -> Iterator[tuple[str, Versioned]]:
         """Every record of one kind (key prefix ``kind:``)."""
         prefix = f"{kind}:"
@@ -173,3 +199,34 @@ class EmbeddedStore:
         """Release the file."""
         with self._lock:
             self._db.close()
+
+
+def _apply(db: sqlite3.Connection, write: Write, text: str) -> str:
+    """One write of a transaction; its new version ('' for a delete)."""
+    key = write.key
+    if write.action == "insert":
+        try:
+            db.execute("INSERT INTO records (key, data, version) VALUES (?, ?, 1)", (key, text))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(key) from None
+        return "1"
+    if write.action == "upsert":
+        db.execute(
+            "INSERT INTO records (key, data, version) VALUES (?, ?, 1) ON CONFLICT (key) "
+            "DO UPDATE SET data = excluded.data, version = version + 1",
+            (key, text),
+        )
+    else:
+        # replace and delete: the record must exist (at ``etag``, if one is named; a
+        # version of -1 matches any).
+        version = -1 if write.etag is None else int(write.etag)
+        if write.action == "replace":
+            cursor = db.execute(_REPLACE_AT, (text, key, version, version))
+        else:
+            cursor = db.execute(_DELETE_AT, (key, version, version))
+        if cursor.rowcount != 1:
+            raise StaleRecord(key)
+        if write.action == "delete":
+            return ""
+    row = db.execute("SELECT version FROM records WHERE key = ?", (key,)).fetchone()
+    return str(row[0])

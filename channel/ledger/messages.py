@@ -11,7 +11,7 @@ so concurrent callers and scaled-out instances agree on one winner):
                          '-- lease expires --> ambiguous  (the process died mid-send)
 
     ambiguous --confirm_sent--> done    a status callback carrying our RequestId proves it
-    ambiguous --begin, grace over--> claimed   one new attempt, at most MAX_ATTEMPTS in all
+    ambiguous --begin, grace over--> claimed   one new attempt, at most MAX_SEND_ATTEMPTS in all
 
 The record keeps what a delivery report needs later (ChannelDefinitionId, the ``From``
 exactly as Dataverse sent it, the provider message id) and a fingerprint of the
@@ -33,7 +33,12 @@ from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
 from channel.ledger.traced import operation
 
-MAX_ATTEMPTS = 2
+LAYOUT = 2
+"""What a request record's ``layout`` says of records written for it: 2, its outbox items
+and markers are of this version (``due``/``done``) only. A record without it was written
+by the previous version, whose items and markers (``outbox``/``forwarded``) may exist."""
+
+MAX_SEND_ATTEMPTS = 2
 """Submissions that may have reached the provider for one RequestId: the first, and one
 new attempt after an ambiguous outcome went unconfirmed for the grace period."""
 
@@ -121,6 +126,7 @@ class MessageLedger:
             "provider": provider,
             "attempts": 0,
             "created_at": now,
+            "layout": LAYOUT,
         }
         # Insert first: a new RequestId (the common case) costs one write, no read.
         claimed = self._claimed(first, now)
@@ -288,6 +294,11 @@ class MessageLedger:
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
+    @staticmethod
+    def has_legacy_records(record: Record) -> bool:
+        """Whether the previous version may have kept outbox records for this request."""
+        return record.get("layout") != LAYOUT
+
     @operation
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
@@ -318,7 +329,7 @@ class MessageLedger:
                     "status callback before trying again",
                     retry_after=int(grace - waited) + 1,
                 )
-            if record["attempts"] >= MAX_ATTEMPTS:
+            if record["attempts"] >= MAX_SEND_ATTEMPTS:
                 raise SendAmbiguous(
                     f"{record['attempts']} attempts ended without a known outcome and no "
                     "status callback confirmed one; not submitting again (check the "

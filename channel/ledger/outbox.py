@@ -1,15 +1,17 @@
 """The outbox: notifications and inbound messages kept until Dataverse has taken them.
 
-An item is written once (the first writer wins, so a duplicate or later webhook cannot
-change what is reported) and forwarded under a lease, so two callers never forward it
-at the same time. Once Dataverse has taken it, a small ``forwarded`` marker replaces it:
-the outbox then holds only what still needs work, which keeps the timer's scan short
-however many messages the ledger remembers.
+An item (``due:<key>``) is written once, together with its ``done:<key>`` marker (the
+first writer wins, so a duplicate or later webhook cannot change what is reported), and
+forwarded under a lease, so two callers never forward it at the same time. Once
+Dataverse has taken it, one transaction marks the marker forwarded and removes the item:
+the items then are only what still needs work, which keeps the timer's scan short
+however many messages the ledger remembers, and the marker, kept far longer (see
+retention), makes a replayed webhook a no-op.
 
-    put --> leased --forwarded--> (marker)            the common case: three writes
+    put --> leased --forwarded--> (marker)   two transactions: item and marker, then both
               |----failed-------> pending (attempts + 1, retried from next_at)
               |----waiting------> pending (no attempt counted; retried by the next timer run)
-              '----failed, attempts >= MAX_ATTEMPTS --> dead (shown in health)
+              '----failed, attempts >= MAX_FORWARD_ATTEMPTS --> dead (shown in health)
 
 At least once, not exactly once: Dataverse has no idempotency key, so a call it acted on
 whose answer was lost (a read timeout, a process killed mid-call) cannot be told from
@@ -18,6 +20,11 @@ written by ``failed`` or ``waiting`` clears it. An item whose call may have been
 (the answer was lost, or the lease ran out with ``call_at`` still set) is ``in_doubt``:
 it is left to the next timer run (a provider's retry does not force it) and the forward
 that repeats it is flagged as a possible duplicate.
+
+The previous version kept an item as ``outbox:<key>`` and wrote a separate
+``forwarded:<key>`` marker before removing it. Those records are still honoured: ``put``
+looks for them first (unless the caller knows none can exist), the timer forwards such
+an item the old way, and its marker blocks a replay for as long as retention keeps it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.store import (
+    AlreadyExists,
+    Record,
+    RecordStore,
+    StaleRecord,
+    Versioned,
+    Write,
+)
 from channel.ledger.traced import operation
 
-MAX_ATTEMPTS = 20
+MAX_FORWARD_ATTEMPTS = 20
 """Forwarding attempts before an item is declared dead (with the backoff below, about
 fifteen hours of trying)."""
 
@@ -55,6 +69,8 @@ class Lease:
     key: str
     item: Record
     etag: str
+    legacy: bool = False
+    """An item of the previous version (``outbox:<key>``), forwarded the old way."""
 
     @property
     def kind(self) -> str:
@@ -92,10 +108,19 @@ class OutboxStats:
 
 
 @dataclass(frozen=True)
+class Due:
+    """An item due for forwarding, as the timer's scan read it."""
+
+    key: str
+    found: Versioned
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
 class Survey:
     """What one scan of the outbox found: the items due for forwarding, and the counts."""
 
-    due: list[str]
+    due: list[Due]
     stats: OutboxStats
 
 
@@ -114,11 +139,20 @@ class Outbox:
         self.clock = clock
 
     @operation
-    def put(self, key: str, kind: str, payload: dict[str, Any]) -> Lease | None:
+    def put(
+        self, key: str, kind: str, payload: dict[str, Any], *, legacy: bool = True
+    ) -> Lease | None:
         """Keep ``payload`` under ``key`` (first writer wins) and lease it for forwarding.
 
         Returns None when the item was forwarded already or another caller holds it.
+        ``legacy``: records of the previous version may exist for ``key`` (False when
+        the caller knows they cannot, which saves two reads).
         """
+        if legacy:
+            if self.store.get(_legacy_marker(key)) is not None:
+                return None  # forwarded before the upgrade
+            if self.store.get(_legacy_item(key)) is not None:
+                return self.claim(key, force=True)
         now = self.clock()
         item: Record = {
             "kind": kind,
@@ -132,15 +166,16 @@ class Outbox:
             "call_at": now,
             "in_doubt": False,
         }
+        # The marker, written with the item, is what blocks every later put for the key,
+        # long after the item has gone: no read is needed to tell a first put.
+        marker: Record = {"state": "kept", "kind": kind, "created_at": now}
         try:
-            etag = self.store.insert(_item(key), item)
-        except AlreadyExists:
-            return self.claim(key, force=True)
-        # The insert worked, so any earlier item is gone; if it went because it was
-        # forwarded, its marker was written before it was removed: look, and undo.
-        if self.store.get(_marker(key)) is not None:
-            self._remove(key)
-            return None
+            _, etag = self.store.transact(
+                [Write("insert", _marker(key), marker), Write("insert", _item(key), item)]
+            )
+        except AlreadyExists:  # kept earlier (a retry may forward it now) or forwarded
+            found = self.store.get(_item(key))
+            return None if found is None else self._lease(Due(key, found), force=True)
         return Lease(key, item, etag)
 
     @operation
@@ -151,9 +186,23 @@ class Outbox:
         for an item whose last call may have reached Dataverse: only the timer claims
         that one, so a repeat (a possible duplicate) comes no sooner than its next run.
         """
+        found = self.store.get(_item(key))
+        if found is not None:
+            return self._lease(Due(key, found), force=force)
+        found = self.store.get(_legacy_item(key))
+        return None if found is None else self._lease(Due(key, found, legacy=True), force=force)
+
+    @operation
+    def claim_due(self, due: Due) -> Lease | None:
+        """Lease an item the timer's scan found due, by the version it read (one write)."""
+        return self._lease(due, force=False)
+
+    def _lease(self, due: Due, *, force: bool) -> Lease | None:
+        """Lease the item ``due`` names, starting from the version it holds."""
+        key, found = due.key, due.found
+        address = _legacy_item(key) if due.legacy else _item(key)
         while True:
-            found = self.store.get(_item(key))
-            if found is None or found.data["state"] != "pending":
+            if found.data["state"] != "pending":
                 return None
             now = self.clock()
             item = found.data
@@ -164,9 +213,10 @@ class Outbox:
                 return None  # a provider's retry: only the timer repeats a call in doubt
             if item["leased_until"] > now or (not force and item["next_at"] > now):
                 return None
-            if self.store.get(_marker(key)) is not None:
-                # Forwarded, but the process stopped before removing the item.
-                self._remove(key)
+            if due.legacy and self.store.get(_legacy_marker(key)) is not None:
+                # Forwarded, but the process stopped before removing the item (the
+                # previous version wrote the two apart; this version writes them at once).
+                self._remove(address)
                 return None
             leased = item | {
                 "leased_until": now + self.lease_seconds,
@@ -174,14 +224,18 @@ class Outbox:
                 "in_doubt": in_doubt,
             }
             try:
-                etag = self.store.replace(_item(key), leased, found.etag)
+                etag = self.store.replace(address, leased, found.etag)
             except StaleRecord:
+                again = self.store.get(address)
+                if again is None:
+                    return None
+                found = again
                 continue
-            return Lease(key, leased, etag)
+            return Lease(key, leased, etag, legacy=due.legacy)
 
     @operation
     def forwarded(self, lease: Lease) -> None:
-        """Dataverse took the item: remember that, and take the item out of the outbox."""
+        """Dataverse took the item: mark it forwarded and take it out of the outbox, at once."""
         marker = {
             "state": "forwarded",
             "kind": lease.kind,
@@ -195,12 +249,28 @@ class Outbox:
                 if k != "Message" and not (lease.kind == "inbound" and k == "From")
             },
         }
-        with contextlib.suppress(AlreadyExists):
-            self.store.insert(_marker(lease.key), marker)
-        try:
-            self.store.delete(_item(lease.key), lease.etag)
-        except StaleRecord:
-            self._remove(lease.key)
+        if lease.legacy:
+            with contextlib.suppress(AlreadyExists):
+                self.store.insert(_legacy_marker(lease.key), marker)
+            try:
+                self.store.delete(_legacy_item(lease.key), lease.etag)
+            except StaleRecord:
+                self._remove(_legacy_item(lease.key))
+            return
+        etag: str | None = lease.etag
+        while True:
+            # The lease's version first; if the lease ran out and another caller wrote the
+            # item meanwhile, whatever version it has now (Dataverse took it all the same).
+            writes = [Write("upsert", _marker(lease.key), marker)]
+            if etag is not None:
+                writes.append(Write("delete", _item(lease.key), etag=etag))
+            try:
+                self.store.transact(writes)
+            except StaleRecord:
+                found = self.store.get(_item(lease.key))
+                etag = None if found is None else found.etag
+                continue
+            return
 
     @operation
     def failed(
@@ -210,7 +280,7 @@ class Outbox:
 
         ``maybe_received``: the call went out and its answer was lost, so Dataverse may
         have acted on it; the item is then in doubt for good (see the module docstring).
-        Returns the item as now stored; its state is ``dead`` after MAX_ATTEMPTS.
+        Returns the item as now stored; its state is ``dead`` after MAX_FORWARD_ATTEMPTS.
         """
         return self._give_back(
             lease,
@@ -218,7 +288,9 @@ class Outbox:
                 "attempts": int(item["attempts"]) + 1,
                 "last_error": error,
                 "next_at": now + retry_delay(int(item["attempts"]) + 1, retry_after),
-                "state": "dead" if int(item["attempts"]) + 1 >= MAX_ATTEMPTS else "pending",
+                "state": (
+                    "dead" if int(item["attempts"]) + 1 >= MAX_FORWARD_ATTEMPTS else "pending"
+                ),
                 "in_doubt": bool(item.get("in_doubt")) or maybe_received,
                 "waiting_for": None,
             },
@@ -244,13 +316,14 @@ class Outbox:
         now = self.clock()
         etag = lease.etag
         item = lease.item
+        address = _legacy_item(lease.key) if lease.legacy else _item(lease.key)
         ended: Record = {"leased_until": 0.0, "call_at": None}
         while True:
             changed = item | change(item, now) | ended
             try:
-                self.store.replace(_item(lease.key), changed, etag)
+                self.store.replace(address, changed, etag)
             except StaleRecord:
-                found = self.store.get(_item(lease.key))
+                found = self.store.get(address)
                 if found is None:
                     return item
                 item, etag = found.data, found.etag
@@ -262,7 +335,7 @@ class Outbox:
 
     def due(self, limit: int) -> list[str]:
         """Keys of pending items due for forwarding, oldest first, at most ``limit``."""
-        return self.survey(limit).due
+        return [due.key for due in self.survey(limit).due]
 
     def stats(self) -> OutboxStats:
         """Counts and ages of what is waiting, for health."""
@@ -278,8 +351,11 @@ class Outbox:
         now = self.clock()
         ages: dict[str, list[float]] = {"pending": [], "dead": []}
         in_doubt = waiting = 0
-        due: list[tuple[float, str]] = []
-        for key, found in self.store.scan("outbox"):
+        due: list[tuple[float, str, Due]] = []
+        # Items of this version, then any the previous version left (a query each).
+        scanned = [(key, found, False) for key, found in self.store.scan(ITEM)]
+        scanned += [(key, found, True) for key, found in self.store.scan(LEGACY_ITEM)]
+        for address, found, legacy in scanned:
             item = found.data
             ages.setdefault(item["state"], []).append(now - item["created_at"])
             if item["state"] == "pending":
@@ -288,8 +364,9 @@ class Outbox:
                 )
                 waiting += bool(item.get("waiting_for"))
                 if item["next_at"] <= now and item["leased_until"] <= now:
-                    due.append((item["created_at"], key.removeprefix("outbox:")))
-        due.sort()
+                    key = address.partition(":")[2]
+                    due.append((item["created_at"], key, Due(key, found, legacy)))
+        due.sort(key=lambda entry: entry[:2])
         stats = OutboxStats(
             pending=len(ages["pending"]),
             dead=len(ages["dead"]),
@@ -298,29 +375,55 @@ class Outbox:
             oldest_pending_seconds=max(ages["pending"], default=None),
             oldest_dead_seconds=max(ages["dead"], default=None),
         )
-        return Survey([key for _, key in due[:limit]], stats)
+        return Survey([entry for _, _, entry in due[:limit]], stats)
 
     @operation
     def get(self, key: str) -> Record | None:
         """The item as stored (state pending or dead), or its marker (state forwarded)."""
-        found = self.store.get(_marker(key)) or self.store.get(_item(key))
+        marker = self.store.get(_marker(key))
+        if marker is not None and marker.data["state"] == "forwarded":
+            return marker.data
+        found = (
+            self.store.get(_item(key))
+            or self.store.get(_legacy_marker(key))
+            or self.store.get(_legacy_item(key))
+        )
         return None if found is None else found.data
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, address: str) -> None:
+        """Remove the record at ``address``, whatever its version."""
         while True:
-            found = self.store.get(_item(key))
+            found = self.store.get(address)
             if found is None:
                 return
             try:
-                self.store.delete(_item(key), found.etag)
+                self.store.delete(address, found.etag)
             except StaleRecord:
                 continue
             return
 
 
+ITEM = "due"
+"""The kind of an item that still needs work (pending or dead)."""
+MARKER = "done"
+"""The kind of an item's marker: ``kept`` with its item, ``forwarded`` once Dataverse took it."""
+LEGACY_ITEM = "outbox"
+"""The previous version's item kind."""
+LEGACY_MARKER = "forwarded"
+"""The previous version's marker kind (written once forwarded, then the item removed)."""
+
+
 def _item(key: str) -> str:
-    return f"outbox:{key}"
+    return f"{ITEM}:{key}"
 
 
 def _marker(key: str) -> str:
-    return f"forwarded:{key}"
+    return f"{MARKER}:{key}"
+
+
+def _legacy_item(key: str) -> str:
+    return f"{LEGACY_ITEM}:{key}"
+
+
+def _legacy_marker(key: str) -> str:
+    return f"{LEGACY_MARKER}:{key}"

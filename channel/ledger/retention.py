@@ -4,10 +4,11 @@ Each run examines at most ``limit`` records within its time budget, starting whe
 previous run stopped (a cursor kept in the ledger, record ``retention:cursor``), so a
 run's cost does not grow with the table: a large ledger is swept over several runs.
 
-Records of a message (``request``, ``outbox``) go after CHANNEL_RETENTION_DAYS; the
-small ``forwarded`` markers, which hold no text and no customer number, stay for
-MARKER_RETENTION_DAYS: a signed webhook carries no timestamp (Twilio), so a captured
-genuine call can be replayed at any time, and only the marker makes it a no-op.
+Records of a message (``request``, the outbox item ``due``) go after
+CHANNEL_RETENTION_DAYS; the small ``done`` markers (``forwarded`` of the previous
+version), which hold no text and no customer number, stay for MARKER_RETENTION_DAYS:
+a signed webhook carries no timestamp (Twilio), so a captured genuine call can be
+replayed at any time, and only the marker makes it a no-op.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
 
 log = logging.getLogger(__name__)
 
-EXPIRING_KINDS = ("request", "outbox", "forwarded", "message")
-"""Record kinds that age out, in the order a sweep visits them (``message``: the message
-id -> RequestId records of providers that echo only their id). ``sender`` records (how
-Dataverse writes our own numbers) stay: they are configuration, not message history."""
+EXPIRING_KINDS = ("request", "due", "done", "outbox", "forwarded", "message")
+"""Record kinds that age out, in the order a sweep visits them (``due``/``done``: outbox
+items and their markers; ``outbox``/``forwarded``: the same, of the previous version;
+``message``: the message id -> RequestId records of providers that echo only their id).
+``sender`` records (how Dataverse writes our own numbers) stay: they are configuration,
+not message history."""
 
 MARKER_RETENTION_DAYS = 365.0
 """How long a ``forwarded`` marker is kept (or CHANNEL_RETENTION_DAYS if longer)."""
@@ -52,11 +55,15 @@ def sweep(
     budget: Budget,
 ) -> Sweep:
     """Examine at most ``limit`` records from the cursor on; remove those past retention."""
+    content = now - retention_days * DAY
+    markers = now - max(retention_days, MARKER_RETENTION_DAYS) * DAY
     cutoffs = {
-        "request": now - retention_days * DAY,
-        "outbox": now - retention_days * DAY,
-        "forwarded": now - max(retention_days, MARKER_RETENTION_DAYS) * DAY,
-        "message": now - retention_days * DAY,
+        "request": content,
+        "due": content,
+        "done": markers,
+        "outbox": content,
+        "forwarded": markers,
+        "message": content,
     }
     saved = store.get(CURSOR_KEY)
     index, after = _position(saved.data if saved is not None else None)
@@ -84,7 +91,7 @@ def _expire(store: RecordStore, key: str, found: Versioned, cutoff: float) -> in
     """Remove the record if it was created before ``cutoff``; 1 if it was removed."""
     if found.data.get("created_at", cutoff) >= cutoff:
         return 0
-    if key.startswith("outbox:"):
+    if key.startswith(("due:", "outbox:")):
         # Never forwarded within the retention period: say so before it goes.
         log.warning("removing %s item %s unforwarded after retention", found.data.get("state"), key)
     try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from channel.errors import RecordTooLarge
 
@@ -24,6 +24,23 @@ class Versioned:
     etag: str
 
 
+GROUPED_KINDS = frozenset({"due", "done"})
+"""Kinds whose records one transaction may write together (the outbox's items and their
+forwarded markers): the Table store keeps them in one partition, as its batches need."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of a transaction (see ``RecordStore.transact``)."""
+
+    action: Literal["insert", "replace", "upsert", "delete"]
+    key: str
+    data: Record | None = None
+    """The record to write (not for ``delete``)."""
+    etag: str | None = None
+    """``replace``/``delete``: the version the record must still have; None: any version."""
+
+
 class AlreadyExists(Exception):
     """Another writer created the record first."""
 
@@ -35,7 +52,7 @@ class StaleRecord(Exception):
 class RecordStore(Protocol):
     """Key-value storage with optimistic concurrency; both backends implement it.
 
-    Keys are ``kind:rest`` (``request:<RequestId>``, ``outbox:<...>``, ``sender:<number>``);
+    Keys are ``kind:rest`` (``request:<RequestId>``, ``due:<...>``, ``sender:<number>``);
     ``rest`` may hold any character, so backends encode keys as they need.
     """
 
@@ -57,6 +74,15 @@ class RecordStore(Protocol):
         """Remove the record if its etag still matches; else raise StaleRecord.
 
         A record already gone is not an error.
+        """
+        ...
+
+    def transact(self, writes: Sequence[Write]) -> list[str]:
+        """Apply every write or none, in one round trip; the new etags ('' for a delete).
+
+        The keys must be of GROUPED_KINDS (the Table store's batches span one partition).
+        An ``insert`` whose record exists raises AlreadyExists, a ``replace`` or ``delete``
+        whose record changed or is gone raises StaleRecord, naming the write's key.
         """
         ...
 
@@ -95,3 +121,10 @@ def encode_record(key: str, data: Record) -> str:
             f"at most {MAX_STRING_CHARS} (64 KiB, a Table Storage property)"
         )
     return text
+
+
+def check_grouped(writes: Sequence[Write]) -> None:
+    """Raise ValueError unless every write's key is of GROUPED_KINDS (see ``transact``)."""
+    for write in writes:
+        if write.key.partition(":")[0] not in GROUPED_KINDS:
+            raise ValueError(f"a transaction cannot write a '{write.key.partition(':')[0]}' record")

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -33,14 +33,23 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from channel import telemetry
 from channel.budget import time_left
 from channel.errors import StoreUnavailable
-from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
+from channel.ledger.store import (
+    GROUPED_KINDS,
+    AlreadyExists,
+    Record,
+    StaleRecord,
+    Versioned,
+    Write,
+    check_grouped,
+    encode_record,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -80,6 +89,11 @@ RETRY_AFTER_SECONDS = 10
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _PARTITION_KIND = re.compile(r"[A-Za-z0-9_]{1,64}")
 _OTHER_KIND = "~"
+_GROUP_PARTITION = "outbox"
+"""The one partition of GROUPED_KINDS (the outbox's items and markers), RowKey ``kind-hash``:
+a batch can write an item and its marker together, and a kind is one RowKey range in it,
+so the timer reads the items that need work and none of the markers. (It sorts before
+``outbox-00``, the first partition of the previous version's ``outbox`` records.)"""
 """Partition prefix of keys whose kind is not a plain word (or that have no kind)."""
 
 log = logging.getLogger(__name__)
@@ -234,11 +248,9 @@ class TableStore:
         """Every record of one kind (key prefix ``kind:``): a query over its partitions."""
         self._ensure_table()
         prefix = f"{kind}:"
-        base = _partition_kind(prefix)
+        condition, parameters = _kind_range(kind)
         entities = self._table.query_entities(
-            "PartitionKey ge @low and PartitionKey le @high",
-            parameters={"low": f"{base}-00", "high": f"{base}-ff"},
-            select=["Key", "Data"],
+            condition, parameters=parameters, select=["Key", "Data"]
         )
         try:
             for entity in entities:
@@ -261,13 +273,13 @@ class TableStore:
         """
         self._ensure_table()
         prefix = f"{kind}:"
-        base = _partition_kind(prefix)
-        condition = "PartitionKey ge @low and PartitionKey le @high"
-        parameters = {"low": f"{base}-00", "high": f"{base}-ff"}
+        condition, parameters = _kind_range(kind)
         if after is not None:
-            low, row = _address(after)
+            partition, row = _address(after)
             condition += " and RowKey gt @row"
-            parameters |= {"low": low, "row": row}
+            parameters["row"] = row
+            if kind not in GROUPED_KINDS:
+                parameters["low"] = partition
         entities = self._table.query_entities(
             condition,
             parameters=parameters,
@@ -283,6 +295,40 @@ class TableStore:
         except AzureError as exc:
             raise _unavailable("scan", exc) from exc
         return found
+
+    def transact(self, writes: Sequence[Write]) -> list[str]:
+        """Apply every write or none: one entity group transaction (a batch, one request)."""
+        check_grouped(writes)
+        operations: list[Any] = []
+        for write in writes:
+            entity = _entity(write.key, write.data or {})
+            condition: dict[str, Any] = (
+                {}
+                if write.etag is None
+                else {"etag": write.etag, "match_condition": MatchConditions.IfNotModified}
+            )
+            if write.action == "insert":
+                operations.append(("create", entity))
+            elif write.action == "upsert":
+                operations.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
+            elif write.action == "replace":
+                operations.append(("update", entity, {"mode": UpdateMode.REPLACE} | condition))
+            else:
+                operations.append(("delete", entity, condition))
+        self._ensure_table()
+        try:
+            results = self._table.submit_transaction(operations)
+        except TableTransactionError as exc:
+            index = exc.index if 0 <= exc.index < len(writes) else 0
+            key = writes[index].key
+            if exc.status_code == 409:
+                raise AlreadyExists(key) from None
+            if exc.status_code in (404, 412):
+                raise StaleRecord(key) from None
+            raise _unavailable("transaction", exc) from exc
+        except AzureError as exc:
+            raise _unavailable("transaction", exc) from exc
+        return [str(result.get("etag") or "") for result in results]
 
     def close(self) -> None:
         """Release the connections."""
@@ -366,6 +412,19 @@ def _partition_kind(key: str) -> str:
     return kind if colon and _PARTITION_KIND.fullmatch(kind) else _OTHER_KIND
 
 
+def _kind_range(kind: str) -> tuple[str, dict[str, str]]:
+    """The query condition (and its parameters) that takes in one kind's entities."""
+    if kind in GROUPED_KINDS:
+        condition = "PartitionKey eq @partition and RowKey ge @low and RowKey lt @high"
+        # RowKeys are ``kind-<hex>``; '.' follows '-'.
+        return condition, {"partition": _GROUP_PARTITION, "low": f"{kind}-", "high": f"{kind}."}
+    base = _partition_kind(f"{kind}:")
+    return "PartitionKey ge @low and PartitionKey le @high", {
+        "low": f"{base}-00",
+        "high": f"{base}-ff",
+    }
+
+
 def _address(key: str) -> tuple[str, str]:
     """PartitionKey and RowKey of a store key.
 
@@ -376,11 +435,14 @@ def _address(key: str) -> tuple[str, str]:
     partition would make it a hot spot under load; spread by hash, the load is even and
     the service can split partition ranges across servers. Keeping the kind in front
     makes a kind's partitions contiguous, so ``scan(kind)`` is one range query
-    (``kind-00`` to ``kind-ff``) rather than a scan of the whole table. Records are
-    independent (no transaction spans two), so nothing needs them in one partition.
+    (``kind-00`` to ``kind-ff``) rather than a scan of the whole table. GROUPED_KINDS are
+    the exception: written together in transactions, they share one partition.
     """
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{_partition_kind(key)}-{digest[:2]}", digest
+    kind = _partition_kind(key)
+    if kind in GROUPED_KINDS:  # see _GROUP_PARTITION
+        return _GROUP_PARTITION, f"{kind}-{digest}"
+    return f"{kind}-{digest[:2]}", digest
 
 
 def _entity(key: str, data: Record) -> dict[str, str]:
