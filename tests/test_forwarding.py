@@ -597,6 +597,113 @@ def test_a_signed_reply_or_report_replayed_after_retention_is_not_forwarded_agai
     assert not markers & keys(store)  # markers go too, after a year
 
 
+# --- 4b. records of the previous version, after an upgrade ------------------------------
+
+
+def previous_version_request(store: RecordStore, rid: str) -> None:
+    """Make ``request:<rid>`` what the previous version wrote: the same record without
+    ``layout`` (that version knew no other outbox records than ``outbox``/``forwarded``)."""
+    found = store.get(f"request:{rid}")
+    assert found is not None
+    assert found.data.pop("layout") == 2
+    store.replace(f"request:{rid}", found.data, found.etag)
+
+
+def previous_version_item(sent: Sent, created_at: float, *, attempts: int) -> dict[str, Any]:
+    """An ``outbox:notification:<rid>`` item as the previous version kept it (Outbox.put,
+    then Outbox.failed after Dataverse refused or was down)."""
+    payload = notification(sent, "Delivered")
+    del payload["OrganizationId"]
+    return {
+        "kind": "notification",
+        "payload": payload,
+        "state": "pending",
+        "attempts": attempts,
+        "created_at": created_at,
+        "next_at": created_at + 60,
+        "leased_until": 0.0,
+        "call_at": None,
+        "in_doubt": False,
+        "last_error": "Dataverse answered 503",
+        "waiting_for": None,
+    }
+
+
+def previous_version_marker(kind: str, created_at: float, payload: dict[str, Any]) -> Any:
+    """A ``forwarded:<key>`` marker as the previous version wrote it (Outbox.forwarded)."""
+    return {
+        "state": "forwarded",
+        "kind": kind,
+        "created_at": created_at,
+        "forwarded_at": created_at + 1,
+        "payload": payload,
+    }
+
+
+def test_records_of_the_previous_version_are_honoured_after_an_upgrade(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    tick: Callable[[], None],
+) -> None:
+    """A deployed channel keeps its state across the upgrade: an item the previous version
+    kept is forwarded once (by the timer or by the provider's retry), an item it forwarded
+    but did not remove is not forwarded again, and its markers still block replays."""
+    clock = app()
+    store = get_runtime().ledger.store
+    now = clock()
+    retried, timed, forwarded, half, fresh = (
+        send(call, twilio, rid=f"upgrade-{name}")
+        for name in ("retried", "timed", "forwarded", "half", "fresh")
+    )
+    for sent in (retried, timed, forwarded, half, fresh):
+        previous_version_request(store, sent.rid)
+    for sent in (retried, timed, half):
+        store.insert(
+            f"outbox:notification:{sent.rid}", previous_version_item(sent, now - 120, attempts=1)
+        )
+    for sent in (forwarded, half):  # half: forwarded, and the process stopped before removing
+        payload = notification(sent, "Delivered")
+        del payload["OrganizationId"]
+        store.insert(
+            f"forwarded:notification:{sent.rid}",
+            previous_version_marker("notification", now - 120, payload),
+        )
+    (form,) = replies(1, "0d")
+    store.insert(
+        f"forwarded:inbound:twilio:{dict(form)['MessageSid']}",
+        previous_version_marker("inbound", now - 120, {"ChannelDefinitionId": DEFINITION_ID}),
+    )
+
+    # Twilio retries one kept report: the item kept before the upgrade is forwarded (once).
+    assert_acknowledged(report(call, retried, "delivered"))
+    assert dataverse.calls == [(NOTIFY, notification(retried, "Delivered"))]
+    # Replays of what the previous version forwarded: nothing.
+    assert_acknowledged(report(call, forwarded, "delivered"))
+    assert_acknowledged(report(call, half, "delivered"))
+    assert_acknowledged(reply(call, form))
+    assert len(dataverse.calls) == 1
+    # A request of before whose report comes now: forwarded once.
+    assert_acknowledged(report(call, fresh, "delivered"))
+    assert dataverse.calls[1:] == [(NOTIFY, notification(fresh, "Delivered"))]
+
+    # The timer forwards the other item kept before, and not the one forwarded already.
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()
+    assert dataverse.calls[2:] == [(NOTIFY, notification(timed, "Delivered"))]
+    assert not {key for key, _ in store.scan("outbox")}  # nothing of before left to do
+    assert forwarding(call)["pending"] == 0
+
+    # Every report and reply again, and another run: nothing more.
+    for sent in (retried, timed, forwarded, half, fresh):
+        assert_acknowledged(report(call, sent, "delivered"))
+    assert_acknowledged(reply(call, form))
+    clock.offset += AFTER_ANY_BACKOFF
+    tick()
+    assert len(dataverse.calls) == 3
+
+
 # --- 5. a reply with no channel definition known ------------------------------------------
 
 
