@@ -169,7 +169,7 @@ class WebhookService:
         rid = report.correlation
         if rid is None and report.correlated_by_id:
             rid = self._recorded_request(provider, report)
-        request = self.ledger.get(rid) if rid is not None else None
+        request = self.ledger.for_report(rid) if rid is not None else None
         if rid is None or request is None:
             log.info(
                 "status %s of message %s acknowledged: not a message this app sent",

@@ -39,7 +39,7 @@ from channel.ledger.outbox import MAX_BACKOFF_SECONDS, MAX_FORWARD_ATTEMPTS
 from channel.ledger.retention import MARKER_RETENTION_DAYS
 from channel.ledger.store import RecordStore
 from channel.ledger.table import TableStore
-from channel.runtime import get_runtime
+from channel.runtime import get_runtime, reset_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import DEFINITION_ID, REPLY_TEXT, SENDER, SENDER_E164, SENSITIVE
 from tests.fakes import FakeDataverse, FakeIdentity, FakeTwilio
@@ -675,6 +675,10 @@ def test_records_of_the_previous_version_are_honoured_after_an_upgrade(
         f"forwarded:inbound:twilio:{dict(form)['MessageSid']}",
         previous_version_marker("inbound", now - 120, {"ChannelDefinitionId": DEFINITION_ID}),
     )
+    # The upgrade: a new process, which has seen none of these records.
+    reset_runtime()
+    clock = app()
+    store = get_runtime().ledger.store
 
     # Twilio retries one kept report: the item kept before the upgrade is forwarded (once).
     assert_acknowledged(report(call, retried, "delivered"))

@@ -33,7 +33,8 @@ from channel.errors import (
 )
 from channel.ledger import Claim, Completed, MessageLedger, fingerprint
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord
+from channel.ledger.messages import ANSWERED_KEPT_SECONDS
+from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord, Versioned, Write
 from channel.ledger.table import TableStore
 from tests.azurite import Azurite, free_port
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER, SENDER_E164, TEXT
@@ -114,6 +115,120 @@ def sent(rid: str = "r-1", message_id: str = "SM1") -> OutboundResponse:
     return OutboundResponse(
         ChannelDefinitionId=DEFINITION_ID, MessageId=message_id, RequestId=rid, Status="Sent"
     )
+
+
+def test_a_store_transaction_applies_every_write_or_none(store: RecordStore) -> None:
+    item_etag, _ = store.transact(
+        [Write("insert", "due:n:r/1", {"v": 1}), Write("insert", "done:n:r/1", {"m": 1})]
+    )
+    # An insert of a record that exists: nothing of the transaction is written.
+    with pytest.raises(AlreadyExists) as refused:
+        store.transact(
+            [Write("insert", "due:n:r/2", {"v": 2}), Write("insert", "done:n:r/1", {"m": 2})]
+        )
+    assert refused.value.args == ("done:n:r/1",)
+    assert store.get("due:n:r/2") is None
+    # A delete (or replace) of a version that is not the record's any more: nothing either.
+    newer = store.replace("due:n:r/1", {"v": 3}, item_etag)
+    for stale in (Write("delete", "due:n:r/1", etag=item_etag), Write("delete", "due:n:r/9")):
+        with pytest.raises(StaleRecord) as refused_stale:
+            store.transact([Write("upsert", "done:n:r/1", {"m": 3}), stale])
+        assert refused_stale.value.args == (stale.key,)
+        found = store.get("done:n:r/1")
+        assert found is not None
+        assert found.data == {"m": 1}
+    # The one that matches: the marker replaced, the item gone, in one transaction.
+    store.transact(
+        [Write("upsert", "done:n:r/1", {"m": 4}), Write("delete", "due:n:r/1", etag=newer)]
+    )
+    assert store.get("due:n:r/1") is None
+    marker = store.get("done:n:r/1")
+    assert marker is not None
+    assert marker.data == {"m": 4}
+    (replaced,) = store.transact([Write("replace", "done:n:r/1", {"m": 5}, etag=marker.etag)])
+    with pytest.raises(StaleRecord):
+        store.transact([Write("replace", "done:n:r/1", {"m": 6}, etag=marker.etag)])
+    assert store.transact([Write("replace", "done:n:r/1", {"m": 7}, etag=replaced)])
+    # Kinds a transaction may span (the Table store keeps them in one partition), only.
+    with pytest.raises(ValueError, match="request"):
+        store.transact([Write("insert", "request:r/1", {})])
+
+
+def test_items_and_markers_are_scanned_apart(store: RecordStore) -> None:
+    for n in range(3):
+        store.transact(
+            [Write("insert", f"due:k{n}", {"i": n}), Write("insert", f"done:k{n}", {"m": n})]
+        )
+    store.insert("outbox:k0", {"old": 0})  # the previous version's item kind
+    assert {key for key, _ in store.scan("due")} == {"due:k0", "due:k1", "due:k2"}
+    assert {key for key, _ in store.scan("done")} == {"done:k0", "done:k1", "done:k2"}
+    assert [key for key, _ in store.scan("outbox")] == ["outbox:k0"]
+    first = store.scan_after("done", None, 2)
+    rest = store.scan_after("done", first[-1][0], 2)
+    assert len(first) == 2
+    assert {key for key, _ in first + rest} == {"done:k0", "done:k1", "done:k2"}
+
+
+def test_an_answered_request_is_read_once_per_process_for_its_reports(
+    open_store: OpenStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A final report reaching the process that answered the send reads nothing; another
+    process reads the record once; a copy older than ANSWERED_KEPT_SECONDS is read again,
+    so a record retention removed is not reported."""
+    sender = MessageLedger(open_store(), lease_seconds=30, ambiguous_grace_seconds=600, clock=clock)
+    other_store = open_store()
+    other = MessageLedger(other_store, lease_seconds=30, ambiguous_grace_seconds=600, clock=clock)
+    reads: list[str] = []
+    for ledger in (sender, other):
+        read = ledger.store.get
+
+        def counted(key: str, read: Callable[[str], Versioned | None] = read) -> Versioned | None:
+            reads.append(key)
+            return read(key)
+
+        monkeypatch.setattr(ledger.store, "get", counted)
+    claim = begin(sender)
+    assert isinstance(claim, Claim)
+    sender.complete(claim, sent())
+    stored = sender.get("r-1")
+    reads.clear()
+    assert sender.for_report("r-1") == stored
+    assert reads == []
+    assert other.for_report("r-1") == stored
+    assert other.for_report("r-1") == stored
+    assert reads == ["request:r-1"]
+    # Not answered yet: always read (a status callback may settle it).
+    assert isinstance(begin(sender, "r-2"), Claim)
+    assert sender.for_report("r-2") is not None
+    assert sender.for_report("r-2") is not None
+    assert reads[1:] == ["request:r-2", "request:r-2"]
+    # Past the time it is kept: read again, and gone once retention removed it.
+    clock.now += ANSWERED_KEPT_SECONDS
+    found = other_store.get("request:r-1")
+    assert found is not None
+    other_store.delete("request:r-1", found.etag)
+    assert sender.for_report("r-1") is None
+
+
+def test_a_process_keeps_a_bounded_number_of_answered_requests(
+    ledger: MessageLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("channel.ledger.messages.ANSWERED_KEPT", 2)
+    for rid in ("r-1", "r-2", "r-3"):
+        claim = begin(ledger, rid)
+        assert isinstance(claim, Claim)
+        ledger.complete(claim, sent(rid))
+    reads: list[str] = []
+    read = ledger.store.get
+
+    def counted(key: str) -> Versioned | None:
+        reads.append(key)
+        return read(key)
+
+    monkeypatch.setattr(ledger.store, "get", counted)
+    for rid in ("r-3", "r-2", "r-1"):
+        assert ledger.for_report(rid) is not None
+    assert reads == ["request:r-1"]  # the oldest went first
 
 
 def test_store_insert_is_conditional_and_replace_is_guarded(store: RecordStore) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +39,13 @@ LAYOUT = 2
 """What a request record's ``layout`` says of records written for it: 2, its outbox items
 and markers are of this version (``due``/``done``) only. A record without it was written
 by the previous version, whose items and markers (``outbox``/``forwarded``) may exist."""
+
+ANSWERED_KEPT = 10_000
+"""Answered request records a process keeps in memory for their delivery reports."""
+
+ANSWERED_KEPT_SECONDS = 3600.0
+"""How long it keeps each: most final reports come within minutes of the send; a later
+one reads the record from the store (and so finds it gone once retention removed it)."""
 
 MAX_SEND_ATTEMPTS = 2
 """Submissions that may have reached the provider for one RequestId: the first, and one
@@ -86,6 +95,11 @@ class MessageLedger:
         """Each provider's own grace, where it differs (several providers: CHANNEL_ROUTES)."""
         self.clock = clock
         self._senders: dict[str, Record] = {}
+        self._answered: OrderedDict[str, tuple[float, Record]] = OrderedDict()
+        """Request records in state done, as stored, by RequestId, with when they were kept.
+        A done record never changes (the first final answer stands) until retention
+        removes it, so a copy is as good as a read for as long as retention keeps it."""
+        self._answered_lock = threading.Lock()
 
     @property
     def kind(self) -> str:
@@ -172,6 +186,7 @@ class MessageLedger:
         except StaleRecord:
             pass
         else:
+            self._keep_answered(claim.request_id, claim.record | done)
             return response
 
         def finish(record: Record) -> Record | None:
@@ -180,6 +195,7 @@ class MessageLedger:
             return record | done
 
         record = self._update(claim.request_id, finish)
+        self._keep_answered(claim.request_id, record)
         return OutboundResponse.model_validate(record["answer"])
 
     @operation
@@ -304,6 +320,35 @@ class MessageLedger:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
         return None if found is None else found.data
+
+    @operation
+    def for_report(self, request_id: str) -> Record | None:
+        """The request record a status report is about, or None if there is none.
+
+        A record this process answered (or read answered) within ANSWERED_KEPT_SECONDS
+        comes from memory, with no round trip: a final report reaching the instance that
+        sent the message costs the outbox's two transactions alone.
+        """
+        now = self.clock()
+        with self._answered_lock:
+            kept = self._answered.get(request_id)
+        if kept is not None and 0 <= now - kept[0] < ANSWERED_KEPT_SECONDS:
+            return kept[1]
+        found = self.store.get(_request_key(request_id))
+        if found is None:
+            return None
+        self._keep_answered(request_id, found.data)
+        return found.data
+
+    def _keep_answered(self, request_id: str, record: Record) -> None:
+        """Keep ``record`` (as stored) in memory if it is answered; the oldest go first."""
+        if record.get("state") != "done":
+            return
+        with self._answered_lock:
+            self._answered[request_id] = (self.clock(), record)
+            self._answered.move_to_end(request_id)
+            while len(self._answered) > ANSWERED_KEPT:
+                self._answered.popitem(last=False)
 
     def _decide(self, record: Record, now: float) -> Record | Completed:
         """What a new call for an existing record gets: the answer, an error or a claim."""
