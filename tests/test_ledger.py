@@ -34,7 +34,16 @@ from channel.errors import (
 from channel.ledger import Claim, Completed, MessageLedger, fingerprint
 from channel.ledger.embedded import EmbeddedStore
 from channel.ledger.messages import ANSWERED_KEPT_SECONDS
-from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord, Versioned, Write
+from channel.ledger.store import (
+    AlreadyExists,
+    Record,
+    RecordStore,
+    StaleRecord,
+    Updated,
+    Versioned,
+    Write,
+    update,
+)
 from channel.ledger.table import TableStore
 from tests.azurite import Azurite, free_port
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER, SENDER_E164, TEXT
@@ -115,6 +124,28 @@ def sent(rid: str = "r-1", message_id: str = "SM1") -> OutboundResponse:
     return OutboundResponse(
         ChannelDefinitionId=DEFINITION_ID, MessageId=message_id, RequestId=rid, Status="Sent"
     )
+
+
+def test_update_decides_again_on_the_record_another_writer_left(store: RecordStore) -> None:
+    """The one compare-and-swap of the ledger: a stale version is read again and the
+    change applied to what is there now, never over it."""
+    first = store.insert("request:r-1", {"n": 1})
+    store.replace("request:r-1", {"n": 10}, first)  # another writer, after we read
+    seen: list[Record] = []
+
+    def add_one(record: Record) -> Record:
+        seen.append(record)
+        return {"n": record["n"] + 1}
+
+    updated = update(store, "request:r-1", add_one, found=Versioned({"n": 1}, first))
+    assert updated.written
+    assert seen == [{"n": 1}, {"n": 10}]
+    found = store.get("request:r-1")
+    assert found is not None
+    assert found.data == {"n": 11} == (updated.found.data if updated.found else None)
+    left = update(store, "request:r-1", lambda record: None)
+    assert (left.written, left.found) == (False, found)
+    assert update(store, "request:missing", add_one) == Updated(None, written=False)
 
 
 def test_a_store_transaction_applies_every_write_or_none(store: RecordStore) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
-from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.store import AlreadyExists, Record, RecordStore, Versioned, update
 from channel.ledger.traced import operation
 
 LAYOUT = 2
@@ -150,51 +150,45 @@ class MessageLedger:
             pass
         else:
             return Claim(request_id, 1, claimed, etag)
-        while True:
-            now = self.clock()
-            found = self.store.get(key)
-            if found is None:  # removed meanwhile (retention): start over
-                return self.begin(
-                    request_id,
-                    content,
-                    channel_definition_id=channel_definition_id,
-                    sender=sender,
-                    provider=provider,
-                )
-            record = found.data
+        answered: list[Completed] = []
+
+        def decide(record: Record) -> Record | None:
             if record["content"] != content:
                 raise RequestConflict(
                     "this RequestId was already used for a different message "
                     "(ChannelDefinitionId, From, To or text differ)"
                 )
-            decision = self._decide(record, now)
+            decision = self._decide(record, self.clock())
             if isinstance(decision, Completed):
-                return decision
-            try:
-                etag = self.store.replace(key, decision, found.etag)
-            except StaleRecord:
-                continue
-            return Claim(request_id, int(decision["attempts"]) + 1, decision, etag)
+                answered.append(decision)
+                return None
+            return decision
+
+        updated = update(self.store, key, decide)
+        if updated.found is None:  # removed meanwhile (retention): start over
+            return self.begin(
+                request_id,
+                content,
+                channel_definition_id=channel_definition_id,
+                sender=sender,
+                provider=provider,
+            )
+        if not updated.written:
+            return answered[-1]
+        record = updated.found.data
+        return Claim(request_id, int(record["attempts"]) + 1, record, updated.found.etag)
 
     @operation
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
         done = {"state": "done", "answer": fields, "message_id": fields["MessageId"]}
-        try:  # the common case: nobody touched the record since we claimed it
-            self.store.replace(_request_key(claim.request_id), claim.record | done, claim.etag)
-        except StaleRecord:
-            pass
-        else:
-            self._keep_answered(claim.request_id, claim.record | done)
-            return response
 
         def finish(record: Record) -> Record | None:
-            if record["state"] == "done":
-                return None
-            return record | done
+            return None if record["state"] == "done" else record | done
 
-        record = self._update(claim.request_id, finish)
+        # The claim's own version first: the common case, nobody touched the record since.
+        record = self._update(claim.request_id, finish, Versioned(claim.record, claim.etag))
         self._keep_answered(claim.request_id, record)
         return OutboundResponse.model_validate(record["answer"])
 
@@ -270,10 +264,7 @@ class MessageLedger:
         try:
             self.store.insert(key, known)
         except AlreadyExists:
-            found = self.store.get(key)
-            if found is not None and found.data != known:
-                with contextlib.suppress(StaleRecord):  # a concurrent writer's value is as good
-                    self.store.replace(key, known, found.etag)
+            update(self.store, key, lambda found: None if found == known else known)
         self._senders[number] = known
 
     @operation
@@ -398,21 +389,17 @@ class MessageLedger:
             "first_attempt_at": first,
         }
 
-    def _update(self, request_id: str, change: Callable[[Record], Record | None]) -> Record:
-        """Apply ``change`` under optimistic concurrency; None means leave as is."""
-        key = _request_key(request_id)
-        while True:
-            found = self.store.get(key)
-            if found is None:
-                raise KeyError(request_id)
-            updated = change(found.data)
-            if updated is None:
-                return found.data
-            try:
-                self.store.replace(key, updated, found.etag)
-            except StaleRecord:
-                continue
-            return updated
+    def _update(
+        self,
+        request_id: str,
+        change: Callable[[Record], Record | None],
+        found: Versioned | None = None,
+    ) -> Record:
+        """The request record with ``change`` applied (see ``update``); None leaves it."""
+        updated = update(self.store, _request_key(request_id), change, found=found)
+        if updated.found is None:
+            raise KeyError(request_id)
+        return updated.found.data
 
 
 def _sent_through(sender: Record, provider: str | None) -> bool:

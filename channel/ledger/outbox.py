@@ -42,6 +42,7 @@ from channel.ledger.store import (
     StaleRecord,
     Versioned,
     Write,
+    update,
 )
 from channel.ledger.traced import operation
 
@@ -199,39 +200,41 @@ class Outbox:
 
     def _lease(self, due: Due, *, force: bool) -> Lease | None:
         """Lease the item ``due`` names, starting from the version it holds."""
-        key, found = due.key, due.found
+        key = due.key
         address = _legacy_item(key) if due.legacy else _item(key)
-        while True:
-            if found.data["state"] != "pending":
+        if (
+            due.legacy
+            and self._may_lease(due.found.data, force=force)
+            and self.store.get(_legacy_marker(key)) is not None
+        ):
+            # Forwarded, but the process stopped before removing the item (the previous
+            # version wrote the two apart; this version writes them at once).
+            self._remove(address)
+            return None
+
+        def lease(item: Record) -> Record | None:
+            if not self._may_lease(item, force=force):
                 return None
             now = self.clock()
-            item = found.data
-            # A lease that ran out with its call still marked: the caller died (or gave up)
-            # mid-call, and Dataverse may have acted on it.
-            in_doubt = bool(item.get("in_doubt")) or item.get("call_at") is not None
-            if in_doubt and force:
-                return None  # a provider's retry: only the timer repeats a call in doubt
-            if item["leased_until"] > now or (not force and item["next_at"] > now):
-                return None
-            if due.legacy and self.store.get(_legacy_marker(key)) is not None:
-                # Forwarded, but the process stopped before removing the item (the
-                # previous version wrote the two apart; this version writes them at once).
-                self._remove(address)
-                return None
-            leased = item | {
+            return item | {
                 "leased_until": now + self.lease_seconds,
                 "call_at": now,
-                "in_doubt": in_doubt,
+                "in_doubt": _in_doubt(item),
             }
-            try:
-                etag = self.store.replace(address, leased, found.etag)
-            except StaleRecord:
-                again = self.store.get(address)
-                if again is None:
-                    return None
-                found = again
-                continue
-            return Lease(key, leased, etag, legacy=due.legacy)
+
+        updated = update(self.store, address, lease, found=due.found)
+        if not updated.written or updated.found is None:
+            return None
+        return Lease(key, updated.found.data, updated.found.etag, legacy=due.legacy)
+
+    def _may_lease(self, item: Record, *, force: bool) -> bool:
+        """Whether ``item`` may be leased now (``force``: by a provider's retry)."""
+        now = self.clock()
+        if item["state"] != "pending":
+            return False
+        if force and _in_doubt(item):
+            return False  # a provider's retry: only the timer repeats a call in doubt
+        return item["leased_until"] <= now and (force or item["next_at"] <= now)
 
     @operation
     def forwarded(self, lease: Lease) -> None:
@@ -314,24 +317,19 @@ class Outbox:
     def _give_back(self, lease: Lease, change: Callable[[Record, float], Record]) -> Record:
         """End the lease with ``change`` applied; the call it was taken for is over."""
         now = self.clock()
-        etag = lease.etag
-        item = lease.item
         address = _legacy_item(lease.key) if lease.legacy else _item(lease.key)
-        ended: Record = {"leased_until": 0.0, "call_at": None}
-        while True:
-            changed = item | change(item, now) | ended
-            try:
-                self.store.replace(address, changed, etag)
-            except StaleRecord:
-                found = self.store.get(address)
-                if found is None:
-                    return item
-                item, etag = found.data, found.etag
-                # Our lease ran out and another caller took the item: its lease and its
-                # in-flight mark are its own to end.
-                ended = {}
-                continue
-            return changed
+        tries = 0
+
+        def give_back(item: Record) -> Record:
+            nonlocal tries
+            tries += 1
+            # After a conflict, our lease ran out and another caller took the item: its
+            # lease and its in-flight mark are its own to end.
+            ended: Record = {"leased_until": 0.0, "call_at": None} if tries == 1 else {}
+            return item | change(item, now) | ended
+
+        updated = update(self.store, address, give_back, found=Versioned(lease.item, lease.etag))
+        return lease.item if updated.found is None else updated.found.data
 
     def due(self, limit: int) -> list[str]:
         """Keys of pending items due for forwarding, oldest first, at most ``limit``."""
@@ -411,6 +409,15 @@ LEGACY_ITEM = "outbox"
 """The previous version's item kind."""
 LEGACY_MARKER = "forwarded"
 """The previous version's marker kind (written once forwarded, then the item removed)."""
+
+
+def _in_doubt(item: Record) -> bool:
+    """Whether an earlier call for ``item`` may have reached Dataverse.
+
+    Its answer was lost, or a lease ran out with its call still marked (the caller died
+    or gave up mid-call).
+    """
+    return bool(item.get("in_doubt")) or item.get("call_at") is not None
 
 
 def _item(key: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -121,6 +121,45 @@ def encode_record(key: str, data: Record) -> str:
             f"at most {MAX_STRING_CHARS} (64 KiB, a Table Storage property)"
         )
     return text
+
+
+@dataclass(frozen=True)
+class Updated:
+    """What ``update`` left: the record as now stored, and whether this call wrote it."""
+
+    found: Versioned | None
+    """None: there is no record under the key."""
+    written: bool
+
+
+def update(
+    store: RecordStore,
+    key: str,
+    change: Callable[[Record], Record | None],
+    *,
+    found: Versioned | None = None,
+) -> Updated:
+    """Compare-and-swap: replace the record under ``key`` with ``change`` of it.
+
+    ``change`` gets the record as read and returns the new one, or None to leave it as it
+    is. When another writer got there first (StaleRecord), the record is read again and
+    ``change`` decides again, as often as needed. ``found``: the version the caller read
+    already, tried first (saves a read).
+    """
+    while True:
+        if found is None:
+            found = store.get(key)
+            if found is None:
+                return Updated(None, written=False)
+        changed = change(found.data)
+        if changed is None:
+            return Updated(found, written=False)
+        try:
+            etag = store.replace(key, changed, found.etag)
+        except StaleRecord:
+            found = None
+            continue
+        return Updated(Versioned(changed, etag), written=True)
 
 
 def check_grouped(writes: Sequence[Write]) -> None:
