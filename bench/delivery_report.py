@@ -379,7 +379,7 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
     (0, "http", "_webhook", "channel/http.py:_webhook"),
     (0, "adapter", "verify", "channel/providers/twilio.py:TwilioWebhooks.verify"),
     (0, "adapter", "status_reports", "channel/providers/twilio.py:TwilioWebhooks.status_reports"),
-    (0, "ledger", "get", "channel/ledger/messages.py:MessageLedger.get"),
+    (0, "ledger", "for_report", "channel/ledger/messages.py:MessageLedger.for_report"),
     (0, "outbox", "put", "channel/ledger/outbox.py:Outbox.put"),
     (0, "dataverse", "organization_id", "channel/dataverse.py:DataverseClient.organization_id"),
     (0, "dataverse", "notify", "channel/dataverse.py:DataverseClient.notify"),
@@ -388,10 +388,10 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
     (2, "session", "request", "requests Session.request: the HTTP call itself"),
     (0, "outbox", "forwarded", "channel/ledger/outbox.py:Outbox.forwarded"),
     (0, "adapter", "acknowledge", "channel/providers/twilio.py:TwilioWebhooks.acknowledge"),
-    (-1, "store", "get", "channel/ledger/embedded.py:EmbeddedStore.get"),
-    (-1, "store", "insert", "channel/ledger/embedded.py:EmbeddedStore.insert"),
+    (-1, "store", "transact", "channel/ledger/embedded.py:EmbeddedStore.transact"),
 )
-"""What :func:`breakdown` times; depth -1: the SQLite calls inside the ledger and outbox rows.
+"""What :func:`breakdown` times; depth -1: the SQLite calls inside the ledger and outbox rows
+(the request record comes from memory: the bench's process answered the sends).
 
 Each must exist on the live runtime (``breakdown`` refuses to start otherwise, naming it)
 and be called by a report (``breakdown`` flags a stage no call went through).
