@@ -13,7 +13,8 @@ from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import Dataverse
 from channel.errors import ChannelError, DataverseUnavailable, NotConfigured, ServiceUnavailable
 from channel.ledger import MessageLedger
-from channel.ledger.outbox import Lease, Outbox
+from channel.ledger.messages import RequestState
+from channel.ledger.outbox import ItemState, Lease, Outbox
 from channel.logs import log_unexpected
 from channel.phone import mask
 from channel.providers.base import (
@@ -120,7 +121,7 @@ class WebhookService:
                 retry_after=unavailable.retry_after,
                 maybe_received=maybe_received,
             )
-            if item["state"] == "dead":
+            if item["state"] == ItemState.DEAD:
                 log.error(
                     "%s is dead after %s attempts: %s",
                     lease.key,
@@ -200,7 +201,7 @@ class WebhookService:
             return
         if (
             report.same_message_only
-            and request["state"] == "done"
+            and request["state"] == RequestState.DONE
             and request.get("message_id") != report.message_id
         ):
             # Our RequestId echoed for another message (another system on the account
@@ -214,7 +215,7 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
             return
-        if request["state"] != "done":
+        if request["state"] != RequestState.DONE:
             # Any callback proves the provider created the message: this settles an
             # attempt whose answer we never saw (see MessageLedger).
             self.ledger.confirm_sent(rid, report.message_id)

@@ -29,11 +29,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
 from channel.ledger.store import AlreadyExists, Record, RecordStore, Versioned, update
 from channel.ledger.traced import operation
+
+
+class RequestState(StrEnum):
+    """A request record's ``state`` (see the module docstring); stored as its value."""
+
+    CLAIMED = "claimed"
+    RETRYABLE = "retryable"
+    AMBIGUOUS = "ambiguous"
+    DONE = "done"
+
 
 LAYOUT = 2
 """What a request record's ``layout`` says of records written for it: 2, its outbox items
@@ -182,10 +193,10 @@ class MessageLedger:
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
-        done = {"state": "done", "answer": fields, "message_id": fields["MessageId"]}
+        done = {"state": RequestState.DONE, "answer": fields, "message_id": fields["MessageId"]}
 
         def finish(record: Record) -> Record | None:
-            return None if record["state"] == "done" else record | done
+            return None if record["state"] == RequestState.DONE else record | done
 
         # The claim's own version first: the common case, nobody touched the record since.
         record = self._update(claim.request_id, finish, Versioned(claim.record, claim.etag))
@@ -202,9 +213,11 @@ class MessageLedger:
         """
 
         def give_back(record: Record) -> Record | None:
-            if record["state"] != "claimed":
+            if record["state"] != RequestState.CLAIMED:
                 return None
-            return record | {"state": "ambiguous" if record["attempts"] else "retryable"}
+            return record | {
+                "state": RequestState.AMBIGUOUS if record["attempts"] else RequestState.RETRYABLE
+            }
 
         self._update(request_id, give_back)
 
@@ -215,8 +228,13 @@ class MessageLedger:
         self._update(
             request_id,
             lambda r: (
-                r | {"state": "ambiguous", "attempts": r["attempts"] + 1, "attempted_at": now}
-                if r["state"] == "claimed"
+                r
+                | {
+                    "state": RequestState.AMBIGUOUS,
+                    "attempts": r["attempts"] + 1,
+                    "attempted_at": now,
+                }
+                if r["state"] == RequestState.CLAIMED
                 else None
             ),
         )
@@ -232,7 +250,7 @@ class MessageLedger:
             return False
 
         def confirm(record: Record) -> Record | None:
-            if record["state"] == "done":
+            if record["state"] == RequestState.DONE:
                 return None
             answer = OutboundResponse(
                 ChannelDefinitionId=record["channel_definition_id"],
@@ -240,7 +258,7 @@ class MessageLedger:
                 RequestId=record["request_id"],
                 Status="Sent",
             ).model_dump(mode="json")
-            return record | {"state": "done", "answer": answer, "message_id": message_id}
+            return record | {"state": RequestState.DONE, "answer": answer, "message_id": message_id}
 
         self._update(request_id, confirm)
         return True
@@ -333,7 +351,7 @@ class MessageLedger:
 
     def _keep_answered(self, request_id: str, record: Record) -> None:
         """Keep ``record`` (as stored) in memory if it is answered; the oldest go first."""
-        if record.get("state") != "done":
+        if record.get("state") != RequestState.DONE:
             return
         with self._answered_lock:
             self._answered[request_id] = (self.clock(), record)
@@ -344,19 +362,19 @@ class MessageLedger:
     def _decide(self, record: Record, now: float) -> Record | Completed:
         """What a new call for an existing record gets: the answer, an error or a claim."""
         state = record["state"]
-        if state == "done":
+        if state == RequestState.DONE:
             return Completed(OutboundResponse.model_validate(record["answer"]))
-        if state == "claimed":
+        if state == RequestState.CLAIMED:
             if now < record["lease_until"]:
                 raise RequestInFlight("this RequestId is being sent right now; retry shortly")
             # The claimant died mid-send: its POST may have reached the provider.
             record = record | {
-                "state": "ambiguous",
+                "state": RequestState.AMBIGUOUS,
                 "attempts": record["attempts"] + 1,
                 "attempted_at": record["claimed_at"],
             }
-            state = "ambiguous"
-        if state == "ambiguous":
+            state = RequestState.AMBIGUOUS
+        if state == RequestState.AMBIGUOUS:
             grace = self.grace_for(record.get("provider"))
             waited = now - record["attempted_at"]
             if waited < grace:
@@ -378,12 +396,12 @@ class MessageLedger:
         # first_attempt_at: when the first attempt that may have reached the provider
         # began. An ambiguous request keeps it, so a new attempt can repeat the first one
         # exactly (ACS dedupes by it); after provably unsent attempts it starts anew.
-        if record.get("state") == "ambiguous":
+        if record.get("state") == RequestState.AMBIGUOUS:
             first = record.get("first_attempt_at", record.get("created_at", now))
         else:
             first = now
         return record | {
-            "state": "claimed",
+            "state": RequestState.CLAIMED,
             "claimed_at": now,
             "lease_until": now + self.lease_seconds,
             "first_attempt_at": first,

@@ -33,6 +33,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from channel.ledger.store import (
@@ -45,6 +46,21 @@ from channel.ledger.store import (
     update,
 )
 from channel.ledger.traced import operation
+
+
+class ItemState(StrEnum):
+    """An outbox item's ``state``; stored as its value."""
+
+    PENDING = "pending"
+    DEAD = "dead"
+
+
+class MarkerState(StrEnum):
+    """A marker's ``state``: written with its item, then forwarded once Dataverse took it."""
+
+    KEPT = "kept"
+    FORWARDED = "forwarded"
+
 
 MAX_FORWARD_ATTEMPTS = 20
 """Forwarding attempts before an item is declared dead (with the backoff below, about
@@ -158,7 +174,7 @@ class Outbox:
         item: Record = {
             "kind": kind,
             "payload": payload,
-            "state": "pending",
+            "state": ItemState.PENDING,
             "attempts": 0,
             "created_at": now,
             "next_at": now,
@@ -169,7 +185,7 @@ class Outbox:
         }
         # The marker, written with the item, is what blocks every later put for the key,
         # long after the item has gone: no read is needed to tell a first put.
-        marker: Record = {"state": "kept", "kind": kind, "created_at": now}
+        marker: Record = {"state": MarkerState.KEPT, "kind": kind, "created_at": now}
         try:
             _, etag = self.store.transact(
                 [Write("insert", _marker(key), marker), Write("insert", _item(key), item)]
@@ -230,7 +246,7 @@ class Outbox:
     def _may_lease(self, item: Record, *, force: bool) -> bool:
         """Whether ``item`` may be leased now (``force``: by a provider's retry)."""
         now = self.clock()
-        if item["state"] != "pending":
+        if item["state"] != ItemState.PENDING:
             return False
         if force and _in_doubt(item):
             return False  # a provider's retry: only the timer repeats a call in doubt
@@ -240,7 +256,7 @@ class Outbox:
     def forwarded(self, lease: Lease) -> None:
         """Dataverse took the item: mark it forwarded and take it out of the outbox, at once."""
         marker = {
-            "state": "forwarded",
+            "state": MarkerState.FORWARDED,
             "kind": lease.kind,
             "created_at": lease.item["created_at"],
             "forwarded_at": self.clock(),
@@ -292,7 +308,9 @@ class Outbox:
                 "last_error": error,
                 "next_at": now + retry_delay(int(item["attempts"]) + 1, retry_after),
                 "state": (
-                    "dead" if int(item["attempts"]) + 1 >= MAX_FORWARD_ATTEMPTS else "pending"
+                    ItemState.DEAD
+                    if int(item["attempts"]) + 1 >= MAX_FORWARD_ATTEMPTS
+                    else ItemState.PENDING
                 ),
                 "in_doubt": bool(item.get("in_doubt")) or maybe_received,
                 "waiting_for": None,
@@ -347,7 +365,7 @@ class Outbox:
         cost no read of their own.
         """
         now = self.clock()
-        ages: dict[str, list[float]] = {"pending": [], "dead": []}
+        ages: dict[str, list[float]] = {ItemState.PENDING: [], ItemState.DEAD: []}
         in_doubt = waiting = 0
         due: list[tuple[float, str, Due]] = []
         # Items of this version, then any the previous version left (a query each).
@@ -356,7 +374,7 @@ class Outbox:
         for address, found, legacy in scanned:
             item = found.data
             ages.setdefault(item["state"], []).append(now - item["created_at"])
-            if item["state"] == "pending":
+            if item["state"] == ItemState.PENDING:
                 in_doubt += bool(item.get("in_doubt")) or (
                     item.get("call_at") is not None and item["leased_until"] <= now
                 )
@@ -366,12 +384,12 @@ class Outbox:
                     due.append((item["created_at"], key, Due(key, found, legacy)))
         due.sort(key=lambda entry: entry[:2])
         stats = OutboxStats(
-            pending=len(ages["pending"]),
-            dead=len(ages["dead"]),
+            pending=len(ages[ItemState.PENDING]),
+            dead=len(ages[ItemState.DEAD]),
             in_doubt=in_doubt,
             waiting=waiting,
-            oldest_pending_seconds=max(ages["pending"], default=None),
-            oldest_dead_seconds=max(ages["dead"], default=None),
+            oldest_pending_seconds=max(ages[ItemState.PENDING], default=None),
+            oldest_dead_seconds=max(ages[ItemState.DEAD], default=None),
         )
         return Survey([entry for _, _, entry in due[:limit]], stats)
 
@@ -379,7 +397,7 @@ class Outbox:
     def get(self, key: str) -> Record | None:
         """The item as stored (state pending or dead), or its marker (state forwarded)."""
         marker = self.store.get(_marker(key))
-        if marker is not None and marker.data["state"] == "forwarded":
+        if marker is not None and marker.data["state"] == MarkerState.FORWARDED:
             return marker.data
         found = (
             self.store.get(_item(key))
