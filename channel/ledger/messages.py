@@ -246,6 +246,18 @@ class MessageLedger:
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
+    def first_sight(self, provider: str, nonce: str) -> bool:
+        """Keep ``provider``'s webhook nonce; True if it was never seen before.
+
+        One conditional insert, so two calls with one nonce, on any instances, cannot
+        both see it first. Kept for NONCE_RETENTION_DAYS (see channel.ledger.retention).
+        """
+        try:
+            self.store.insert(f"nonce:{provider}:{nonce}", {"created_at": self.clock()})
+        except AlreadyExists:
+            return False
+        return True
+
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
