@@ -1,12 +1,13 @@
-"""Outbound overhead with Vonage and with Telnyx, warm.
+"""Outbound overhead with Vonage, with Telnyx and with Plivo, warm.
 
-Two ratios, one per provider: the median latency of the ``outbound`` function (called
+One ratio per provider: the median latency of the ``outbound`` function (called
 as the host calls it; embedded SQLite ledger in a temp dir; a new RequestId per call)
 over the median of a bare ``requests.Session().post`` of the same request (body and
 headers built once by the adapter beforehand) to the same fake on 127.0.0.1, which
 answers at once. The app's side pays what each adapter adds per message: Vonage's JSON
 body and its application JWT (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body,
-its UUIDv5 Idempotency-Key, and the ledger record of its message id. Alternating blocks
+its UUIDv5 Idempotency-Key, and the ledger record of its message id; Plivo's JSON body,
+Basic auth and the ledger record of its message uuid. Alternating blocks
 after a warm-up, so drift cancels out. Target: <= 1.3 each.
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]``.
@@ -53,10 +54,14 @@ from tests.data import RECIPIENT, SENDER_E164, TEXT
 WARM_TARGET = 1.3
 APPLICATION_ID = "5f2b8c4e-1a3d-4e6f-9b7a-0c8d2e4f6a1b"
 API_KEY = "KEY-bench-telnyx"
+PLIVO_AUTH_ID = "MABENCHPLIVO00000001"
+PLIVO_AUTH_TOKEN = "bench-plivo-auth-token"  # noqa: S105 - a bench's fake credential
+PLIVO_PATH = f"/v1/Account/{PLIVO_AUTH_ID}/Message/"
+PLIVO_BASIC = "Basic " + base64.b64encode(f"{PLIVO_AUTH_ID}:{PLIVO_AUTH_TOKEN}".encode()).decode()
 
 
 class FakeNextServer(FakeServer):
-    """Vonage's ``/v1/messages`` and Telnyx's ``/v2/messages`` at their fastest answers."""
+    """Vonage's, Telnyx's and Plivo's send endpoints at their fastest answers."""
 
     def __init__(self) -> None:
         super().__init__(_FakeNextHandler)
@@ -72,6 +77,8 @@ class _FakeNextHandler(FastHandler):
             self.answer(202, json.dumps({"message_uuid": message_id}).encode())
         elif self.path == "/v2/messages" and self.headers["Authorization"] == f"Bearer {API_KEY}":
             self.answer(200, json.dumps({"data": {"id": message_id}}).encode())
+        elif self.path == PLIVO_PATH and self.headers["Authorization"] == PLIVO_BASIC:
+            self.answer(202, json.dumps({"message_uuid": [message_id]}).encode())
         else:
             self.answer(401, b"{}")
 
@@ -95,6 +102,13 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
             VONAGE_SIGNATURE_SECRET="bench-signature-secret-of-32-bytes",  # noqa: S106
             VONAGE_BASE_URL=base_url,
         )
+    elif provider == "plivo":
+        env.update(
+            CHANNEL_PROVIDER="plivo",
+            PLIVO_AUTH_ID=PLIVO_AUTH_ID,
+            PLIVO_AUTH_TOKEN=PLIVO_AUTH_TOKEN,
+            PLIVO_BASE_URL=base_url,
+        )
     else:
         public = ed25519.Ed25519PrivateKey.generate().public_key()
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -110,7 +124,7 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
 def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
     """The path, body and headers the adapter sends for one message, built once."""
     from channel.config import Settings
-    from channel.providers import telnyx, vonage
+    from channel.providers import plivo, telnyx, vonage
     from channel.providers.base import OutboundSms
 
     settings = Settings.from_env()
@@ -129,6 +143,17 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
             "Content-Type": "application/json",
         }
         return "/v1/messages", body, headers
+    if provider == "plivo":
+        plivo_sender = plivo.sender(
+            plivo.SPEC.settings_in(settings), settings, requests.Session(), None
+        )
+        body = json.dumps(plivo_sender.body(sms), ensure_ascii=False).encode()
+        headers = {
+            "Authorization": PLIVO_BASIC,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        return PLIVO_PATH, body, headers
     telnyx_sender = telnyx.sender(
         telnyx.SPEC.settings_in(settings), settings, requests.Session(), None
     )
@@ -183,7 +208,7 @@ def measure(provider: str, server: FakeNextServer, tmp: str, iterations: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print both warm figures (exit status 1 when a target is missed)."""
+    """Measure and print each warm figure (exit status 1 when a target is missed)."""
     parser = argparse.ArgumentParser(prog="python -m bench.outbound_next", description=__doc__)
     parser.add_argument("--iterations", type=int, default=600, help="warm calls of each kind")
     options = parser.parse_args(argv)
@@ -192,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     with (
         tempfile.TemporaryDirectory(prefix="bench-outbound-next-") as tmp,
-        serving(FakeNextServer(), "fake-vonage-telnyx") as server,
+        serving(FakeNextServer(), "fake-vonage-telnyx-plivo") as server,
     ):
         figures = [
             (f"warm outbound ({name})", measure(name, server, tmp, options.iterations), WARM_TARGET)
-            for name in ("vonage", "telnyx")
+            for name in ("vonage", "telnyx", "plivo")
         ]
     return missed(*figures)
 

@@ -11,8 +11,8 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-@description('The SMS provider: twilio, acs, vonage, telnyx or loopback (sends nothing; for a first try).')
-@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'loopback'])
+@description('The SMS provider: twilio, acs, vonage, telnyx, plivo or loopback (sends nothing; for a first try).')
+@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'plivo', 'loopback'])
 param channelProvider string
 
 @description('The Dataverse environment URL, e.g. https://contoso.crm.dynamics.com')
@@ -75,6 +75,13 @@ param telnyxPublicKey string = ''
 @description('Telnyx: optional messaging profile id.')
 param telnyxMessagingProfileId string = ''
 
+@description('Plivo: the auth id (MA... or a subaccount\'s SA...).')
+param plivoAuthId string = ''
+
+@secure()
+@description('Plivo: the auth token (sends and signs webhooks); stored in Key Vault only.')
+param plivoAuthToken string = ''
+
 @description('ACS: create the two Event Grid subscriptions (set after the first deploy: the handshake needs the app).')
 param acsEventSubscriptions bool = false
 
@@ -116,6 +123,8 @@ var channelSettings = {
   TELNYX_API_KEY: empty(telnyxApiKey) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=telnyx-api-key)'
   TELNYX_PUBLIC_KEY: telnyxPublicKey
   TELNYX_MESSAGING_PROFILE_ID: telnyxMessagingProfileId
+  PLIVO_AUTH_ID: plivoAuthId
+  PLIVO_AUTH_TOKEN: empty(plivoAuthToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=plivo-auth-token)'
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -174,6 +183,7 @@ module keyVault 'app/keyvault.bicep' = {
     vonagePrivateKey: vonagePrivateKey
     vonageSignatureSecret: vonageSignatureSecret
     telnyxApiKey: telnyxApiKey
+    plivoAuthToken: plivoAuthToken
   }
 }
 

@@ -69,6 +69,7 @@ NOT_WRITTEN = {
     "TWILIO_BASE_URL": "for tests against a local fake",
     "VONAGE_BASE_URL": "for tests against a local fake",
     "TELNYX_BASE_URL": "for tests against a local fake",
+    "PLIVO_BASE_URL": "for tests against a local fake",
     "CHANNEL_MESSAGE_PART": "the default (text) is what SMS channels use",
     "CHANNEL_TIME_BUDGET_SECONDS": "the default fits the plugin's timeout",
     "CHANNEL_AMBIGUOUS_GRACE_SECONDS": "the default is tied to the provider",
@@ -122,6 +123,11 @@ AZD_ENV = {
         "CHANNEL_PROVIDER": "telnyx",
         "TELNYX_API_KEY": "telnyx-api-key-value",
         "TELNYX_PUBLIC_KEY": _ed25519_public_b64(),
+    },
+    "plivo": {
+        "CHANNEL_PROVIDER": "plivo",
+        "PLIVO_AUTH_ID": "MAZDQ1ZDA0YJQ5ZJK0MZ",
+        "PLIVO_AUTH_TOKEN": "plivo-auth-token-value",
     },
     "loopback": {"CHANNEL_PROVIDER": "loopback"},
 }
@@ -479,6 +485,7 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         "VONAGE_PRIVATE_KEY",
         "VONAGE_SIGNATURE_SECRET",
         "TELNYX_API_KEY",
+        "PLIVO_AUTH_TOKEN",
     } <= secrets
     env = azd_env(
         "twilio",
@@ -487,6 +494,7 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         VONAGE_PRIVATE_KEY=AZD_ENV["vonage"]["VONAGE_PRIVATE_KEY"],
         VONAGE_SIGNATURE_SECRET="vonage-secret",
         TELNYX_API_KEY="telnyx-key",
+        PLIVO_AUTH_TOKEN="plivo-token",
     )
     written = app_settings(Deployment(env, AZURE_OUTPUTS))
     vault = Deployment(env, AZURE_OUTPUTS).eval(MAIN, "keyVaultName")
