@@ -7,6 +7,7 @@ oracle of the request's shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -91,6 +92,16 @@ def test_request_has_the_shape_the_official_sdk_sends(
 def test_unicode_text_is_sent_as_is(call: Call, fake: FakePlivo) -> None:
     assert_ok(call("outbound", payload(Message={"text": UNICODE_TEXT})), sent(fake.message_uuid(1)))
     assert fake.posts[0].json["text"] == UNICODE_TEXT
+
+
+def test_text_with_a_lone_surrogate_is_400_and_leaves_the_request_id_usable(
+    call: Call, fake: FakePlivo
+) -> None:
+    raw = json.dumps(payload(Message={"text": "hi \ud800"})).encode()  # "hi \\ud800"
+    body = assert_problem(call("outbound", raw), 400, "bad-request")
+    assert body["field"] == "Message.text"
+    assert fake.posts == []
+    assert_ok(call("outbound", payload()), sent(fake.message_uuid(1)))  # nothing wedged
 
 
 def test_alphanumeric_sender_is_sent_as_is(call: Call, fake: FakePlivo) -> None:
