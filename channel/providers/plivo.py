@@ -262,7 +262,8 @@ class PlivoWebhooks:
             raise Forbidden("the body is not the form data Plivo signs") from None
         signed = v3_signed_url(self.signed_url(hook), params)
         expected = _signature(self._key, f"{signed}.{nonce}")
-        # Several comma-separated signatures (e.g. during a token rotation): one must match.
+        # The header may hold several comma-separated signatures: one must match (as the
+        # SDK's validate_v3_signature decides).
         for candidate in hook.headers[V3].split(","):
             if hmac.compare_digest(expected, candidate.strip().encode("utf-8")):
                 return
