@@ -57,8 +57,8 @@ class FakePlivo:
         self.base_url = server.url_for("/").rstrip("/")
         self.posts: list[PlivoPost] = []
         """Every POST with our credentials, taken or answered from the script."""
-        self.unauthorized = 0
-        """POSTs refused for their credentials."""
+        self.rejected: list[str] = []
+        """What broke the fake's checks: POSTs refused for their credentials."""
         self.messages: list[dict[str, Any]] = []
         """Every message the fake took: what a status callback can then be about."""
         self.script: list[PlivoAnswer] = []
@@ -86,7 +86,7 @@ class FakePlivo:
         expected = base64.b64encode(f"{PLIVO_AUTH_ID}:{PLIVO_AUTH_TOKEN}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             with self._lock:
-                self.unauthorized += 1
+                self.rejected.append("Basic credentials refused")
             return _json(401, error("Authentication failed"))
         post = PlivoPost(json.loads(request.get_data()), dict(request.headers.items()))
         with self._lock:

@@ -576,7 +576,18 @@ def test_azure_yaml_deploys_this_folder_as_a_python_function_with_the_hook() -> 
 
 def test_funcignore_keeps_infra_and_tooling_out_of_the_package() -> None:
     patterns = (ROOT / ".funcignore").read_text().split()
-    for path in ("infra", ".github", ".vscode", "azure.yaml", ".azure", "tests", ".venv-checkov"):
+    for path in (
+        "infra",
+        ".github",
+        ".vscode",
+        "azure.yaml",
+        ".azure",
+        "tests",
+        ".venv-checkov",
+        "tools",  # the local host and the provisioning command
+        "requirements-devhost.txt",
+        "bench",
+    ):
         assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
     assert not any(fnmatch.fnmatch(name, p) for name in ("channel", "host.json") for p in patterns)
 
@@ -608,10 +619,15 @@ def test_vscode_starts_core_tools_before_attaching_the_debugger() -> None:
     folder = ROOT / ".vscode"
     launch = json.loads((folder / "launch.json").read_text())
     tasks = {t["label"]: t for t in json.loads((folder / "tasks.json").read_text())["tasks"]}
-    (attach,) = launch["configurations"]
-    start = tasks[attach["preLaunchTask"]]
+    configurations = {c["request"]: c for c in launch["configurations"]}
+    start = tasks[configurations["attach"]["preLaunchTask"]]
     assert (start["type"], start["command"]) == ("func", "host start")
     assert start["dependsOn"] in tasks
+    # Without Core Tools: the local host under the debugger, its requirements installed first.
+    local = configurations["launch"]
+    assert local["module"] == "tools.devhost"
+    assert "requirements-devhost.txt" in tasks[local["preLaunchTask"]]["linux"]["command"]
+    assert (ROOT / "tools" / "devhost" / "__main__.py").is_file()
     recommended = json.loads((folder / "extensions.json").read_text())["recommendations"]
     assert "ms-azuretools.vscode-azurefunctions" in recommended
     settings = json.loads((folder / "settings.json").read_text())

@@ -70,7 +70,7 @@ def test_request_is_what_plivo_expects(call: Call, fake: FakePlivo) -> None:
         "method": "POST",
     }
     assert post.headers["Content-Type"] == "application/json"
-    assert fake.unauthorized == 0
+    assert fake.rejected == []
 
 
 def test_request_has_the_shape_the_official_sdk_sends(
@@ -204,7 +204,7 @@ def test_wrong_auth_token_is_503_never_not_sent(
 ) -> None:
     configure(PLIVO_AUTH_TOKEN="not-the-account-token")
     assert_problem(call("outbound", payload()), 503, "service-unavailable")
-    assert fake.unauthorized == 1
+    assert len(fake.rejected) == 1
     configure(PLIVO_AUTH_TOKEN=PLIVO_AUTH_TOKEN)
     assert_ok(call("outbound", payload()), sent(fake.message_uuid(1)))
 
@@ -347,4 +347,4 @@ def test_missing_settings_are_503_and_send_nothing(
     body = assert_problem(call("outbound", payload()), 503, "not-configured")
     assert any("PLIVO_AUTH_TOKEN" in problem for problem in body["problems"])
     assert fake.posts == []
-    assert fake.unauthorized == 0
+    assert fake.rejected == []

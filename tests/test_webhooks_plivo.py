@@ -356,7 +356,7 @@ def fake(configure: Configure, plivo_server: HTTPServer) -> Iterator[FakePlivo]:
     )
     yield fake
     fake.release.set()
-    assert fake.unauthorized == 0
+    assert fake.rejected == []
     plivo_server.clear()
 
 
