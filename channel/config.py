@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from channel.routing import Routes, parse_routes
+
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
 DEFAULT_AMBIGUOUS_GRACE_SECONDS = 600.0
@@ -60,6 +62,13 @@ class Settings:
     azure_client_id: str | None = None
     providers: Mapping[str, Any] = field(default_factory=dict)
     """Each provider's typed settings by provider id (secrets kept out of their reprs)."""
+    route_table: Routes | None = None
+    """CHANNEL_ROUTES as read; None means none (see ``routes``)."""
+    provider_problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each provider's problems by id; those of the providers in use are in ``problems``."""
+    ambiguous_grace_by_provider: Mapping[str, float] = field(default_factory=dict)
+    """The grace of each provider in use: its own, unless CHANNEL_AMBIGUOUS_GRACE_SECONDS
+    sets one for all (``ambiguous_grace_seconds`` is CHANNEL_PROVIDER's)."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -67,6 +76,26 @@ class Settings:
     def ledger_kind(self) -> str:
         """Which ledger backend the settings select."""
         return "table" if self.storage_connection or self.storage_url else "embedded"
+
+    @property
+    def routes(self) -> Routes:
+        """Which provider sends what: CHANNEL_ROUTES over CHANNEL_PROVIDER."""
+        if self.route_table is not None:
+            return self.route_table
+        return Routes(default=self.provider, region=self.default_region)
+
+    @property
+    def providers_in_use(self) -> tuple[str, ...]:
+        """The providers this app sends through (see ``providers_in_use``)."""
+        return providers_in_use(self.routes)
+
+    def provider_configured(self, provider_id: str) -> bool:
+        """True for a provider in use whose own settings have no problem."""
+        return provider_id in self.providers_in_use and not self.provider_problems.get(provider_id)
+
+    def ambiguous_grace_for(self, provider_id: str) -> float:
+        """How long an unknown outcome of a send through ``provider_id`` blocks a new one."""
+        return self.ambiguous_grace_by_provider.get(provider_id, self.ambiguous_grace_seconds)
 
     @property
     def dataverse_dev_mode(self) -> bool:
@@ -101,7 +130,7 @@ class SettingsReader:
         return _clean(self.env.get(name))
 
     def read(self) -> Settings:
-        """Every setting, the chosen provider's problems and notes among them."""
+        """Every setting, the problems and notes of the providers in use among them."""
         # Imported here, not at the top: channel.providers and its modules import config.
         from channel.providers import PROVIDER_IDS, spec
 
@@ -134,13 +163,34 @@ class SettingsReader:
             "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),
             "azure_client_id": self.get("AZURE_CLIENT_ID"),
         }
+        routes, routing_problems = parse_routes(
+            self.get("CHANNEL_ROUTES"),
+            default=provider,
+            known=PROVIDER_IDS,
+            region=str(values["default_region"]),
+        )
+        self.problems.extend(routing_problems)
+        values["route_table"] = routes
+        in_use = providers_in_use(routes)
+        # Each provider keeps its own grace; an operator's CHANNEL_AMBIGUOUS_GRACE_SECONDS
+        # holds for all of them.
+        explicit = self.get("CHANNEL_AMBIGUOUS_GRACE_SECONDS") is not None
+        values["ambiguous_grace_by_provider"] = {
+            provider_id: values["ambiguous_grace_seconds"]
+            if explicit
+            else spec(provider_id).ambiguous_grace_seconds
+            for provider_id in in_use
+        }
         # Every provider's settings are read (any provider's webhooks may be called);
-        # only the chosen one's problems and notes count.
+        # only the problems and notes of those in use (providers_in_use) count.
         owns = {provider_id: spec(provider_id).read_settings(self) for provider_id in PROVIDER_IDS}
         values["providers"] = {provider_id: own.values for provider_id, own in owns.items()}
-        if provider in owns:
-            self.problems.extend(owns[provider].problems)
-            self.notes.extend(owns[provider].notes)
+        values["provider_problems"] = {
+            provider_id: own.problems for provider_id, own in owns.items()
+        }
+        for provider_id in in_use:
+            self.problems.extend(p for p in owns[provider_id].problems if p not in self.problems)
+            self.notes.extend(n for n in owns[provider_id].notes if n not in self.notes)
         settings = Settings(**values)  # type: ignore[arg-type]
         self._check_environment(settings)
         return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
@@ -260,6 +310,17 @@ class SettingsReader:
             self.problems.append("DATAVERSE_URL is not set")
         if s.dataverse_dev_mode:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
+
+
+def providers_in_use(routes: Routes) -> tuple[str, ...]:
+    """The known providers the app sends through: CHANNEL_PROVIDER, then the routes' ones.
+
+    The one answer to "which providers are in use" (their settings are checked, their
+    adapters may be built); an unknown id is a problem reported elsewhere, never in use.
+    """
+    from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+    return tuple(provider_id for provider_id in routes.in_use if provider_id in PROVIDER_IDS)
 
 
 def is_guid(value: str) -> bool:

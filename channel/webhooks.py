@@ -261,13 +261,15 @@ class WebhookService:
         # Kept even when no channel definition is known yet (ChannelDefinitionId null,
         # To our number in E.164): forward() addresses it once one is.
         payload = self._address(
+            provider,
             {
                 "ChannelDefinitionId": None,
                 "To": sms.our_number,
                 "From": sms.customer,
                 "Message": {self.settings.message_part: sms.text},
-            }
+            },
         )
+        # The key names the provider: forward() addresses a kept reply by it later.
         lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", "inbound", payload)
         if lease is None:
             log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
@@ -278,28 +280,33 @@ class WebhookService:
         self.forward(lease, budget)
         telemetry.note({telemetry.REPLY_OUTCOME: "forwarded"})
 
-    def _address(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _address(self, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The reply's payload with its channel definition and our number's Dataverse form.
 
-        Both are learned from outbound sends from that number, else the definition is
-        CHANNEL_DEFINITION_ID and the number stays E.164; None stays when neither is known.
+        Both are learned from outbound sends from that number through ``provider`` (the
+        one the reply came through), else the definition is the one CHANNEL_ROUTES
+        routes to that provider or CHANNEL_DEFINITION_ID (Routes.reply_definition) and
+        the number stays E.164; None stays when neither is known.
         """
-        learned = self.ledger.sender(payload["To"])
+        learned = self.ledger.sender(payload["To"], provider)
         if learned is not None:
             return payload | {
                 "ChannelDefinitionId": learned["channel_definition_id"],
                 "To": learned["from"],
             }
-        return payload | {"ChannelDefinitionId": self.settings.definition_id}
+        definition = self.settings.routes.reply_definition(provider, self.settings.definition_id)
+        return payload | {"ChannelDefinitionId": definition}
 
     def _addressed(self, lease: Lease) -> Lease:
         """``lease`` with its reply addressed now, or ChannelDefinitionUnknown (kept)."""
-        payload = self._address(lease.payload)
+        provider = lease.key.split(":")[1]  # inbound:{provider}:{message id}, see _receive
+        payload = self._address(provider, lease.payload)
         if payload["ChannelDefinitionId"] is not None:
             return lease.with_payload(payload)
         problem = (
             f"a reply to {mask(payload['To'])} has no channel definition: it is kept and "
-            "forwarded once CHANNEL_DEFINITION_ID is set or that number has sent a message"
+            "forwarded once CHANNEL_DEFINITION_ID (or a CHANNEL_ROUTES route to its provider) is "
+            "set or that number has sent a message"
         )
         self.outbox.waiting(lease, "channel definition")
         log.info("%s waits for a channel definition", lease.key)

@@ -30,6 +30,9 @@ param publicUrl string = ''
 @description('Region for numbers written without a country code.')
 param defaultRegion string = 'US'
 
+@description('Optional: CHANNEL_ROUTES, a JSON object mapping channel definition ids or senders to provider ids when several providers send (channelProvider stays the default).')
+param channelRoutes string = ''
+
 @description('Twilio: the account SID (AC...).')
 param twilioAccountSid string = ''
 
@@ -104,6 +107,7 @@ var acsIdParts = split(acsId, '/')
 // (resolved with the app's identity), never values.
 var channelSettings = {
   CHANNEL_PROVIDER: channelProvider
+  CHANNEL_ROUTES: channelRoutes
   DATAVERSE_URL: dataverseUrl
   DATAVERSE_ORGANIZATION_ID: dataverseOrganizationId
   CHANNEL_DEFINITION_ID: channelDefinitionId

@@ -533,6 +533,30 @@ def test_the_deployed_settings_satisfy_config_in_azure(provider: str) -> None:
     assert read.public_url == "https://func-sms-x.azurewebsites.net"
 
 
+def test_routes_reach_the_app_and_their_providers_settings_are_checked_there() -> None:
+    definition = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
+    routes = json.dumps({definition: "vonage", "+12065550100": "telnyx"})
+    env = {**AZD_ENV["vonage"], **AZD_ENV["telnyx"], "CHANNEL_ROUTES": routes}
+    del env["CHANNEL_PROVIDER"]
+    settings = deployed("twilio", **env)
+    assert settings["CHANNEL_ROUTES"] == routes
+    read = Settings.from_env({**settings, **PLATFORM_PROVIDED})
+    assert read.problems == ()
+    assert read.providers_in_use == ("twilio", "vonage", "telnyx")
+    assert read.routes.provider_for(definition, "12065550100") == "vonage"
+    # Without a routed provider's own settings, the deployed app says so.
+    partial = deployed(
+        "twilio", CHANNEL_ROUTES=routes, **AZD_ENV["telnyx"] | {"CHANNEL_PROVIDER": "twilio"}
+    )
+    problems = Settings.from_env({**partial, **PLATFORM_PROVIDED}).problems
+    assert "VONAGE_APPLICATION_ID is not set (provider vonage)" in problems
+
+
+def test_no_routes_unless_set() -> None:
+    assert deployed("twilio")["CHANNEL_ROUTES"] == ""
+    assert Settings.from_env({**deployed("twilio"), **PLATFORM_PROVIDED}).routes.entries == ()
+
+
 def test_the_sample_settings_list_every_setting_the_app_reads() -> None:
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     assert names_config_reads() - set(PLATFORM_PROVIDED) - set(sample) == set()

@@ -47,6 +47,13 @@ from tests.data import (
 )
 from tests.fake_telnyx import PUBLIC_KEY
 from tests.fakes import FakeDataverse, FakeTwilio
+from tests.test_several_providers import (  # noqa: F401 - fixtures, used by name
+    ledger_kind,
+    providers,
+    send_both,
+    telnyx_server,
+    vonage_server,
+)
 from tests.test_webhooks_telnyx import event, hook
 from tests.twilio_hooks import (
     REPORT_URL,
@@ -540,4 +547,23 @@ def test_a_report_answered_5xx_before_it_is_kept_is_counted_as_failed(
             "sms.report.status": "Delivered",
             "sms.report.outcome": "failed",
         }
+    ]
+
+
+@pytest.mark.usefixtures("providers")
+def test_each_send_is_counted_under_the_provider_it_went_through(call: Call, sink: Sink) -> None:
+    send_both(call)  # Vonage (CHANNEL_PROVIDER), then Telnyx (CHANNEL_ROUTES)
+    assert [span.attributes["sms.provider"] for span in sink.named("outbound")] == [  # type: ignore[index]
+        "vonage",
+        "telnyx",
+    ]
+    attempts = [dict(span.attributes or {}) for span in sink.named("provider.send")]
+    # The HTTP status comes from the hook of the process's one session: both use it.
+    assert [(a["sms.provider"], a["http.response.status_code"]) for a in attempts] == [
+        ("vonage", 202),
+        ("telnyx", 200),
+    ]
+    assert sorted(p.attributes["sms.provider"] for p in sink.of("sms.outbound.messages")) == [
+        "telnyx",
+        "vonage",
     ]

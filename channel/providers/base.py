@@ -277,7 +277,8 @@ class OwnSettings(Generic[S]):
 
     values: S
     problems: tuple[str, ...] = ()
-    """Refusals to send (health 503) when ``CHANNEL_PROVIDER`` names this provider."""
+    """Refusals to send (health 503) when this provider is in use (``CHANNEL_PROVIDER`` or
+    a ``CHANNEL_ROUTES`` route names it)."""
     notes: tuple[str, ...] = ()
 
 
