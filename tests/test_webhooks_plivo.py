@@ -467,6 +467,16 @@ def test_v2_status_is_correlated_by_the_message_uuid_recorded_at_send(
     assert wired.calls[1:] == [notification(second, "NotDelivered", "rid-2")]
 
 
+def test_routed_to_plivo_beside_another_provider_a_v2_status_finds_its_request(
+    call: Call, fake: FakePlivo, wired: FakeDataverse, configure: Configure
+) -> None:
+    """With CHANNEL_ROUTES, the MessageUUID is recorded for plivo, the provider that sent."""
+    configure(CHANNEL_PROVIDER="loopback", CHANNEL_ROUTES=json.dumps({DEFINITION_ID: "plivo"}))
+    message_id = send(call, fake)
+    assert_acknowledged(v2_status(call, message_id, "delivered", rid="not-ours"))
+    assert wired.calls == [notification(message_id, "Delivered")]
+
+
 def test_a_replayed_v2_nonce_is_refused_whatever_the_body(
     call: Call, fake: FakePlivo, wired: FakeDataverse
 ) -> None:
