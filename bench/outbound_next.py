@@ -1,6 +1,6 @@
-"""Outbound overhead with each REST provider after Twilio: Vonage, Telnyx, ACS, Plivo, warm.
+"""Warm outbound overhead of each REST provider after Twilio: Vonage, Telnyx, ACS, Sinch, Plivo.
 
-One ratio per provider (``--provider``, all by default): the median latency of the
+One ratio per provider (``--provider``, all of them by default): the median latency of the
 ``outbound`` function (called as the host calls it; embedded SQLite ledger in a temp dir;
 a new RequestId per call) over the median of a bare ``requests.Session().post`` of the
 same request (body and headers built once by the adapter beforehand) to the same fake of
@@ -8,12 +8,12 @@ same request (body and headers built once by the adapter beforehand) to the same
 side pays what each adapter adds per message: Vonage's JSON body and its application JWT
 (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body, its UUIDv5 Idempotency-Key and
 the ledger record of its message id; ACS's JSON body, its repeatability id and first-sent
-time, the SHA-256 of the body and the HMAC signature; Plivo's JSON body, Basic auth and
-the ledger record of its message uuid. Alternating blocks after a warm-up,
-so drift cancels out. Target: <= 1.3 each.
+time, the SHA-256 of the body and the HMAC signature; Sinch's JSON batch with its
+client_reference; Plivo's JSON body, Basic auth and the ledger record of its message uuid.
+Alternating blocks after a warm-up, so drift cancels out. Target: <= 1.3 each.
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]
-[--provider vonage|telnyx|acs|plivo ...]``.
+[--provider vonage|telnyx|acs|sinch|plivo ...]``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from tests.data import (
     ACS_ACCESS_KEY,
     RECIPIENT,
     SENDER_E164,
+    SINCH_API_TOKEN,
+    SINCH_SERVICE_PLAN_ID,
     TELNYX_API_KEY,
     TEXT,
     VONAGE_APPLICATION_ID,
@@ -50,7 +52,7 @@ from tests.data import (
 )
 
 WARM_TARGET = 1.3
-PROVIDERS = ("vonage", "telnyx", "acs", "plivo")
+PROVIDERS = ("vonage", "telnyx", "acs", "sinch", "plivo")
 
 
 def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, str]:
@@ -74,6 +76,12 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
         env.update(
             TELNYX_API_KEY=TELNYX_API_KEY, TELNYX_PUBLIC_KEY=PUBLIC_KEY, TELNYX_BASE_URL=base_url
         )
+    elif provider == "sinch":
+        env.update(
+            SINCH_SERVICE_PLAN_ID=SINCH_SERVICE_PLAN_ID,
+            SINCH_API_TOKEN=SINCH_API_TOKEN,
+            SINCH_BASE_URL=base_url,
+        )
     elif provider == "plivo":
         env.update(
             PLIVO_AUTH_ID=PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN=PLIVO_AUTH_TOKEN, PLIVO_BASE_URL=base_url
@@ -96,6 +104,10 @@ def serve_fake(provider: str, server: FastServer) -> tuple[Any, int]:
         from tests.fake_telnyx import FakeTelnyx
 
         return FakeTelnyx(server.as_httpserver()), 200
+    if provider == "sinch":
+        from tests.fake_sinch import FakeSinch
+
+        return FakeSinch(server.as_httpserver()), 201
     if provider == "plivo":
         from tests.fake_plivo import FakePlivo
 
@@ -136,6 +148,16 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
             "Idempotency-Key": telnyx.idempotency_key(sms.correlation),
         }
         return "", telnyx_sender.body(sms), headers
+    if provider == "sinch":
+        from channel.providers import sinch
+
+        sinch_sender = sinch.sender(sinch.SPEC.settings_in(settings), settings, session, None)
+        headers = {
+            "Authorization": f"Bearer {SINCH_API_TOKEN}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        return "", sinch_sender.body(sms), headers
     if provider == "plivo":
         from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN
 
@@ -191,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "--provider",
         action="append",
         choices=PROVIDERS,
-        help="measure this provider (repeatable; all by default)",
+        help="measure this provider (repeatable; all of them by default)",
     )
     options = parser.parse_args(argv)
     if options.iterations < 2:

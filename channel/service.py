@@ -111,7 +111,7 @@ class OutboundService:
             # reach a second provider (which could not dedupe it) with the same message.
             provider = self._adapter(str(claim.record.get("provider") or routed), routed)
             telemetry.note({telemetry.PROVIDER: provider.id})
-            prepared = self._prepare(payload, provider, text, claim.record.get("first_attempt_at"))
+            prepared = self._prepare(payload, provider, text, claim)
         except BaseException:
             self.ledger.release(rid)  # nothing left this process: a retry may claim again
             raise
@@ -225,14 +225,11 @@ class OutboundService:
             log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
     def _prepare(
-        self,
-        payload: OutboundPayload,
-        provider: Provider,
-        text: str,
-        first_attempt_at: float | None,
+        self, payload: OutboundPayload, provider: Provider, text: str, claim: Claim
     ) -> OutboundSms | OutboundResponse:
         """The SMS for the provider, or a NotSent answer the app can give beforehand."""
         rid = payload.RequestId
+        first_attempt_at = claim.record.get("first_attempt_at")
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
             log.info(
@@ -271,6 +268,7 @@ class OutboundService:
             status_callback_url=self.settings.status_callback_url(provider.id),
             # The ledger's: the same for every attempt that may repeat an earlier one.
             first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
+            maybe_sent_before=claim.attempt > 1,
         )
 
     def _submit(

@@ -210,6 +210,22 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
             return
+        if (
+            report.same_message_only
+            and request["state"] == "done"
+            and request.get("message_id") != report.message_id
+        ):
+            # Our RequestId echoed for another message (another system on the account
+            # reusing it, or a message we answered NotSent): not this request's status.
+            log.warning(
+                "a %s status report names request %s but message %s, not the one recorded "
+                "for it: acknowledged and ignored",
+                provider,
+                rid,
+                report.message_id,
+            )
+            telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
+            return
         if request["state"] != "done":
             # Any callback proves the provider created the message: this settles an
             # attempt whose answer we never saw (see MessageLedger).

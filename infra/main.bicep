@@ -11,8 +11,8 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-@description('The SMS provider: twilio, acs, vonage, telnyx, plivo or loopback (sends nothing; for a first try).')
-@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'plivo', 'loopback'])
+@description('The SMS provider: twilio, acs, vonage, telnyx, sinch, plivo or loopback (sends nothing; for a first try).')
+@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'sinch', 'plivo', 'loopback'])
 param channelProvider string
 
 @description('The Dataverse environment URL, e.g. https://contoso.crm.dynamics.com')
@@ -78,6 +78,20 @@ param telnyxPublicKey string = ''
 @description('Telnyx: optional messaging profile id.')
 param telnyxMessagingProfileId string = ''
 
+@description('Sinch: the service plan id of the SMS REST API.')
+param sinchServicePlanId string = ''
+
+@secure()
+@description('Sinch: the service plan\'s API token; stored in Key Vault only.')
+param sinchApiToken string = ''
+
+@description('Sinch: the API base URL of the service plan\'s region (empty: https://us.sms.api.sinch.com).')
+param sinchBaseUrl string = ''
+
+@secure()
+@description('Sinch: optional webhook signing secret (signing enabled by Sinch); stored in Key Vault only.')
+param sinchWebhookSecret string = ''
+
 @description('Plivo: the auth id (MA... or a subaccount\'s SA...).')
 param plivoAuthId string = ''
 
@@ -127,6 +141,10 @@ var channelSettings = {
   TELNYX_API_KEY: empty(telnyxApiKey) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=telnyx-api-key)'
   TELNYX_PUBLIC_KEY: telnyxPublicKey
   TELNYX_MESSAGING_PROFILE_ID: telnyxMessagingProfileId
+  SINCH_SERVICE_PLAN_ID: sinchServicePlanId
+  SINCH_API_TOKEN: empty(sinchApiToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-api-token)'
+  SINCH_BASE_URL: sinchBaseUrl
+  SINCH_WEBHOOK_SECRET: empty(sinchWebhookSecret) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-webhook-secret)'
   PLIVO_AUTH_ID: plivoAuthId
   PLIVO_AUTH_TOKEN: empty(plivoAuthToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=plivo-auth-token)'
 }
@@ -187,6 +205,8 @@ module keyVault 'app/keyvault.bicep' = {
     vonagePrivateKey: vonagePrivateKey
     vonageSignatureSecret: vonageSignatureSecret
     telnyxApiKey: telnyxApiKey
+    sinchApiToken: sinchApiToken
+    sinchWebhookSecret: sinchWebhookSecret
     plivoAuthToken: plivoAuthToken
   }
 }

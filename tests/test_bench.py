@@ -57,7 +57,7 @@ def test_outbound_bench() -> None:
 
 def test_outbound_next_bench_measures_every_provider() -> None:
     output = run_bench("outbound_next")
-    for provider in ("vonage", "telnyx", "acs", "plivo"):
+    for provider in ("vonage", "telnyx", "acs", "sinch", "plivo"):
         assert re.search(
             rf"^warm outbound overhead \({provider}\): {FIGURE} \(target <= 1\.3\)", output, re.M
         ), output

@@ -124,6 +124,12 @@ AZD_ENV = {
         "TELNYX_API_KEY": "telnyx-api-key-value",
         "TELNYX_PUBLIC_KEY": _ed25519_public_b64(),
     },
+    "sinch": {
+        "CHANNEL_PROVIDER": "sinch",
+        "SINCH_SERVICE_PLAN_ID": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+        "SINCH_API_TOKEN": "sinch-api-token-value",
+        "SINCH_WEBHOOK_SECRET": "sinch-webhook-secret-value",
+    },
     "plivo": {
         "CHANNEL_PROVIDER": "plivo",
         "PLIVO_AUTH_ID": "MAZDQ1ZDA0YJQ5ZJK0MZ",
@@ -485,15 +491,19 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         "VONAGE_PRIVATE_KEY",
         "VONAGE_SIGNATURE_SECRET",
         "TELNYX_API_KEY",
+        "SINCH_API_TOKEN",
+        "SINCH_WEBHOOK_SECRET",
         "PLIVO_AUTH_TOKEN",
     } <= secrets
     env = azd_env(
         "twilio",
         ACS_ACCESS_KEY="YWNzLWtleQ==",
-        CHANNEL_WEBHOOK_SECRET="hook",
+        CHANNEL_WEBHOOK_SECRET="event-grid-shared-value",
         VONAGE_PRIVATE_KEY=AZD_ENV["vonage"]["VONAGE_PRIVATE_KEY"],
         VONAGE_SIGNATURE_SECRET="vonage-secret",
         TELNYX_API_KEY="telnyx-key",
+        SINCH_API_TOKEN="sinch-token",
+        SINCH_WEBHOOK_SECRET="sinch-signing-secret",
         PLIVO_AUTH_TOKEN="plivo-token",
     )
     written = app_settings(Deployment(env, AZURE_OUTPUTS))

@@ -22,6 +22,7 @@ _MODULES = {
     "acs": "channel.providers.acs",
     "vonage": "channel.providers.vonage",
     "telnyx": "channel.providers.telnyx",
+    "sinch": "channel.providers.sinch",
     "plivo": "channel.providers.plivo",
 }
 PROVIDER_IDS = tuple(_MODULES)
