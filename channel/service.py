@@ -103,8 +103,9 @@ class OutboundService:
             provider=routed,
         )
         if isinstance(claim, Completed):
+            # counted apart from first answers
+            telemetry.note({telemetry.REPLAYED: True, telemetry.OUTCOME: claim.response.Status})
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
-            telemetry.note({telemetry.REPLAYED: True})  # counted apart from first answers
             return claim.response
         try:
             # The provider the first call chose: a retry after a route changed must not
@@ -232,19 +233,21 @@ class OutboundService:
         first_attempt_at = claim.record.get("first_attempt_at")
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
+            # Noted before the log line, so the record carries them as dimensions too.
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "invalid_recipient"})
             log.info(
                 "request %s NotSent: recipient %s is not a valid number", rid, mask(payload.To)
             )
-            telemetry.note({telemetry.REASON: "invalid_recipient"})
             return _answer(payload, "NotSent", None)
         if not text.strip():
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "empty_text"})
             log.info("request %s NotSent: the message text is empty", rid)
-            telemetry.note({telemetry.REASON: "empty_text"})
             return _answer(payload, "NotSent", None)
         parts = segments(text)
         telemetry.note({telemetry.SEGMENTS: parts.count, telemetry.ENCODING: parts.encoding})
         limit = self.settings.max_segments
         if limit is not None and parts.count > limit:
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "too_many_segments"})
             log.info(
                 "request %s NotSent: the text needs %d %s segments; CHANNEL_MAX_SEGMENTS is %d",
                 rid,
@@ -252,7 +255,6 @@ class OutboundService:
                 parts.encoding,
                 limit,
             )
-            telemetry.note({telemetry.REASON: "too_many_segments"})
             return _answer(payload, "NotSent", None)
         # What the provider will bill, known before its invoice.
         telemetry.record(
@@ -279,10 +281,11 @@ class OutboundService:
         if isinstance(outcome, Accepted):
             if outcome.correlated_by_id:
                 self._remember_message(provider.id, rid, outcome.message_id)
+            telemetry.note({telemetry.OUTCOME: "Sent", telemetry.MESSAGE_ID: outcome.message_id})
             log.info("request %s Sent as %s", rid, outcome.message_id)
             return _answer(payload, "Sent", outcome.message_id)
+        telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "provider_rejected"})
         log.info("request %s NotSent: provider code %s", rid, outcome.code)
-        telemetry.note({telemetry.REASON: "provider_rejected"})
         return _answer(payload, "NotSent", None)
 
     def _remember_message(self, provider: str, rid: str, message_id: str) -> None:

@@ -60,10 +60,23 @@ REFUSAL = "sms.webhook.refusal"
 """Why a webhook was refused: the problem's slug (unauthorized, forbidden, ...)."""
 DATAVERSE_ACTION = "dataverse.action"
 RETRY_AFTER = "sms.retry_after_seconds"
+VERIFICATION = "sms.webhook.verification"
+"""A webhook's signature check: valid, or the refusal's slug (unauthorized, forbidden)."""
 FORWARDED = "sms.outbox.forwarded"
 FAILED = "sms.outbox.failed"
 WAITING = "sms.outbox.waiting"
 REMOVED = "sms.outbox.removed"
+PENDING = "sms.outbox.pending"
+"""Outbox items pending when the timer run began (its one scan of the outbox)."""
+DEAD = "sms.outbox.dead"
+"""Outbox items dead (given up after too many attempts) when the timer run began."""
+LEDGER_OPERATION = "sms.ledger.operation"
+"""A MessageLedger or Outbox method: begin, complete, put, claim, forwarded, ..."""
+LEDGER_KIND = "sms.ledger.kind"
+"""The ledger's backend: embedded (SQLite) or table (Azure Table Storage)."""
+ROUND_TRIPS = "sms.ledger.round_trips"
+"""Storage calls an operation made: HTTP requests to Table Storage (retries and query
+pages included), or SQLite statements."""
 HTTP_STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
 
@@ -89,13 +102,30 @@ _WORDS = frozenset(
         REFUSAL,
         DATAVERSE_ACTION,
         ERROR_TYPE,
+        VERIFICATION,
+        LEDGER_OPERATION,
+        LEDGER_KIND,
     }
 )
 _IDS = frozenset({REQUEST_ID, MESSAGE_ID, CHANNEL_DEFINITION})
 _FLAGS = frozenset({REPLAYED})
 _COUNTS = frozenset(
-    {ATTEMPT, SEGMENTS, HTTP_STATUS, RETRY_AFTER, FORWARDED, FAILED, WAITING, REMOVED}
+    {
+        ATTEMPT,
+        SEGMENTS,
+        HTTP_STATUS,
+        RETRY_AFTER,
+        FORWARDED,
+        FAILED,
+        WAITING,
+        REMOVED,
+        PENDING,
+        DEAD,
+        ROUND_TRIPS,
+    }
 )
+ATTRIBUTES = _WORDS | _IDS | _FLAGS | _COUNTS
+"""Every attribute name the app may record (the workbook's queries name no other)."""
 
 
 def safe(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
@@ -130,44 +160,103 @@ def _allowed(name: str, value: object) -> bool:
 
 
 # --- instruments (proxies until a meter provider is installed) ---------------------------
-_meter = metrics.get_meter(SCOPE)
-OUTBOUND_MESSAGES = _meter.create_counter(
-    "sms.outbound.messages", unit="{message}", description="Outbound calls by outcome"
-)
-SEGMENT_COUNT = _meter.create_histogram(
-    "sms.outbound.segments", unit="{segment}", description="SMS segments per outbound text"
-)
-DELIVERY_REPORTS = _meter.create_counter(
-    "sms.delivery_reports", unit="{report}", description="Delivery reports by status"
-)
-REPLIES = _meter.create_counter("sms.replies", unit="{message}", description="Customer replies")
-WEBHOOK_REFUSALS = _meter.create_counter(
-    "sms.webhook.refusals", unit="{request}", description="Webhook calls refused, by reason"
-)
-PROVIDER_DURATION = _meter.create_histogram(
-    "sms.provider.duration", unit="s", description="One provider send attempt"
-)
-DATAVERSE_DURATION = _meter.create_histogram(
-    "sms.dataverse.duration", unit="s", description="One Dataverse Web API call attempt"
-)
-
 OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, REPLAYED, CHANNEL_DEFINITION)
 """The attributes of an outbound call that its counter carries (low cardinality only)."""
 PROVIDER_KEYS = (PROVIDER, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
 DATAVERSE_KEYS = (DATAVERSE_ACTION, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
+REPORT_KEYS = (PROVIDER, REPORT_STATUS, REPORT_OUTCOME, CHANNEL_DEFINITION)
+REPLY_KEYS = (PROVIDER, REPLY_OUTCOME)
+REFUSAL_KEYS = (WEBHOOK_ROUTE, PROVIDER, REFUSAL)
+SEGMENT_KEYS = (PROVIDER, ENCODING)
+OUTBOX_KEYS = (LEDGER_KIND,)
+
+METRICS: dict[str, tuple[str, ...]] = {}
+"""Every metric the app records, with the attributes its points may carry: what the
+workbook and the alert rules may query (a test holds them to it)."""
+
+_meter = metrics.get_meter(SCOPE)
+
+
+def _declared(name: str, keys: tuple[str, ...]) -> str:
+    METRICS[name] = keys
+    return name
+
+
+OUTBOUND_MESSAGES = _meter.create_counter(
+    _declared("sms.outbound.messages", OUTBOUND_KEYS),
+    unit="{message}",
+    description="Outbound calls by outcome",
+)
+SEGMENT_COUNT = _meter.create_histogram(
+    _declared("sms.outbound.segments", SEGMENT_KEYS),
+    unit="{segment}",
+    description="SMS segments per outbound text",
+)
+DELIVERY_REPORTS = _meter.create_counter(
+    _declared("sms.delivery_reports", REPORT_KEYS),
+    unit="{report}",
+    description="Delivery reports by status",
+)
+REPLIES = _meter.create_counter(
+    _declared("sms.replies", REPLY_KEYS), unit="{message}", description="Customer replies"
+)
+WEBHOOK_REFUSALS = _meter.create_counter(
+    _declared("sms.webhook.refusals", REFUSAL_KEYS),
+    unit="{request}",
+    description="Webhook calls refused, by reason",
+)
+PROVIDER_DURATION = _meter.create_histogram(
+    _declared("sms.provider.duration", PROVIDER_KEYS),
+    unit="s",
+    description="One provider send attempt",
+)
+DATAVERSE_DURATION = _meter.create_histogram(
+    _declared("sms.dataverse.duration", DATAVERSE_KEYS),
+    unit="s",
+    description="One Dataverse Web API call attempt",
+)
+OUTBOX_PENDING = _meter.create_gauge(
+    _declared("sms.outbox.pending", OUTBOX_KEYS),
+    unit="{item}",
+    description="Outbox items waiting to be forwarded to Dataverse, as the timer found them",
+)
+OUTBOX_DEAD = _meter.create_gauge(
+    _declared("sms.outbox.dead", OUTBOX_KEYS),
+    unit="{item}",
+    description="Outbox items given up on (they need an operator), as the timer found them",
+)
 
 _tracer = trace.get_tracer(SCOPE)
 _propagator = TraceContextTextMapPropagator()
 # Set for the duration of a step, so that code below it (an HTTP response hook) can
 # add to it without being handed it.
 _step: ContextVar[Step | None] = ContextVar("channel_telemetry_step", default=None)
+# The storage calls of the ledger operation running in this context, if one is recorded.
+_trips: ContextVar[list[int] | None] = ContextVar("channel_telemetry_trips", default=None)
+
+
+LOG_KEYS = (
+    REQUEST_ID,
+    PROVIDER,
+    OUTCOME,
+    REASON,
+    CHANNEL_DEFINITION,
+    MESSAGE_ID,
+    REPORT_STATUS,
+    REPORT_OUTCOME,
+    REPLY_OUTCOME,
+    WEBHOOK_ROUTE,
+    DATAVERSE_ACTION,
+)
+"""The attributes a log record made inside a step carries as dimensions (see logs.py)."""
 
 
 class Step:
     """A span being recorded, with the (guarded) attributes its metrics may carry."""
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, parent: Step | None = None) -> None:
         self.span = span
+        self.parent = parent
         self.attributes: dict[str, AttributeValue] = {}
 
     def set(self, attributes: Mapping[str, object]) -> None:
@@ -222,7 +311,7 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
     with _tracer.start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:
-        current = Step(span)
+        current = Step(span, _step.get())
         current.set(attributes or {})
         token = _step.set(current)
         try:
@@ -276,11 +365,62 @@ def invocation(name: str, headers: Mapping[str, str]) -> Iterator[Step]:
             context.detach(token)
 
 
+def dimensions() -> dict[str, AttributeValue]:
+    """The log dimensions of the step running in this context, already guarded.
+
+    Its attributes among ``LOG_KEYS`` and those of the steps around it (the innermost
+    wins). Empty when nothing is installed: then no step is recorded, and no log exporter
+    would read them either.
+    """
+    found: dict[str, AttributeValue] = {}
+    current = _step.get()
+    while current is not None:
+        for key in LOG_KEYS:
+            if key not in found and key in current.attributes:
+                found[key] = current.attributes[key]
+        current = current.parent
+    return found
+
+
 def note(attributes: Mapping[str, object]) -> None:
     """Add ``attributes`` (guarded) to the step running in this context, if any."""
     current = _step.get()
     if current is not None:
         current.set(attributes)
+
+
+@contextlib.contextmanager
+def ledger_step(operation: str, kind: str) -> Iterator[Step]:
+    """The span of one ledger operation, with the storage round trips made inside it.
+
+    An operation inside another (an outbox put that claims) is a child span; its round
+    trips count for both.
+    """
+    if not installed():
+        yield _UNRECORDED
+        return
+    trips = [0]
+    token = _trips.set(trips)
+    try:
+        with step(
+            f"ledger {operation}", {LEDGER_OPERATION: operation, LEDGER_KIND: kind}
+        ) as current:
+            try:
+                yield current
+            finally:
+                current.set({ROUND_TRIPS: trips[0]})
+    finally:
+        _trips.reset(token)
+        outer = _trips.get()
+        if outer is not None:
+            outer[0] += trips[0]
+
+
+def round_trip() -> None:
+    """Count one storage call for the ledger operation being recorded, if any."""
+    trips = _trips.get()
+    if trips is not None:
+        trips[0] += 1
 
 
 def count(counter: Any, attributes: Mapping[str, object], amount: int = 1) -> None:
@@ -293,6 +433,12 @@ def record(histogram: Any, value: float, attributes: Mapping[str, object]) -> No
     """Record ``value`` in ``histogram`` with ``attributes`` that pass the guard."""
     if installed():
         histogram.record(value, safe(attributes))
+
+
+def measure(gauge: Any, value: float, attributes: Mapping[str, object]) -> None:
+    """Set ``gauge`` to ``value`` with ``attributes`` that pass the guard."""
+    if installed():
+        gauge.set(value, safe(attributes))
 
 
 def note_http_status(response: Any, *args: Any, **kwargs: Any) -> Any:

@@ -81,13 +81,18 @@ class WebhookService:
         return adapter.acknowledge(hook)
 
     def _verify(self, adapter: WebhookAdapter, hook: Webhook) -> None:
-        """The adapter's check, and the ledger's of a nonce the proof rests on."""
-        nonce = adapter.verify(hook)
-        if nonce is None:
-            return
-        new = self.ledger.first_sight(adapter.id, nonce.value)
-        if nonce.must_be_new and not new:
-            raise Forbidden("the signature's nonce was seen before: a replayed call")
+        """The adapter's signature check and the ledger's of its nonce, in one span."""
+        with telemetry.step("webhook.verify", {telemetry.PROVIDER: adapter.id}) as step:
+            try:
+                nonce = adapter.verify(hook)
+                if nonce is not None:
+                    new = self.ledger.first_sight(adapter.id, nonce.value)
+                    if nonce.must_be_new and not new:
+                        raise Forbidden("the signature's nonce was seen before: a replayed call")
+            except ChannelError as exc:
+                step.set({telemetry.VERIFICATION: exc.slug})
+                raise
+            step.set({telemetry.VERIFICATION: "valid"})
 
     def forward(self, lease: Lease, budget: Budget) -> None:
         """Hand one leased outbox item to Dataverse.
@@ -165,8 +170,7 @@ class WebhookService:
                     step.set({telemetry.REPORT_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPORT_STATUS, telemetry.REPORT_OUTCOME)
-                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(keys))
+                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(telemetry.REPORT_KEYS))
 
     def _traced_receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
         """One reply in its own span, counted by what became of it."""
@@ -179,8 +183,7 @@ class WebhookService:
                     step.set({telemetry.REPLY_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPLY_OUTCOME)
-                telemetry.count(telemetry.REPLIES, step.subset(keys))
+                telemetry.count(telemetry.REPLIES, step.subset(telemetry.REPLY_KEYS))
 
     def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
@@ -195,7 +198,12 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "unknown_message"})
             return
-        telemetry.note({telemetry.REQUEST_ID: rid})
+        telemetry.note(
+            {
+                telemetry.REQUEST_ID: rid,
+                telemetry.CHANNEL_DEFINITION: request.get("channel_definition_id"),
+            }
+        )
         sent_through = request.get("provider")
         if sent_through is not None and sent_through != provider:
             # A genuine call of one provider naming a message sent through another: its

@@ -99,6 +99,9 @@ param plivoAuthId string = ''
 @description('Plivo: the auth token (sends and signs webhooks); stored in Key Vault only.')
 param plivoAuthToken string = ''
 
+@description('Optional: an email address the alert rules (dead outbox items, NotSent or provider 5xx rate, refused webhooks) write to.')
+param alertEmail string = ''
+
 @description('ACS: create the two Event Grid subscriptions (set after the first deploy: the handshake needs the app).')
 param acsEventSubscriptions bool = false
 
@@ -175,6 +178,19 @@ module monitoring 'app/monitoring.bicep' = {
     tags: tags
     principalId: identity.outputs.principalId
     monitoringRoleId: monitoringRoleId
+  }
+}
+
+// The operator's workbook and alert rules over Application Insights.
+module observability 'app/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    resourceToken: resourceToken
+    alertEmail: alertEmail
   }
 }
 

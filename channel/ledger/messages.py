@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.traced import operation
 
 MAX_ATTEMPTS = 2
 """Submissions that may have reached the provider for one RequestId: the first, and one
@@ -92,6 +93,7 @@ class MessageLedger:
             return self.grace_seconds
         return self.grace_by_provider.get(provider, self.grace_seconds)
 
+    @operation
     def begin(
         self,
         request_id: str,
@@ -154,6 +156,7 @@ class MessageLedger:
                 continue
             return Claim(request_id, int(decision["attempts"]) + 1, decision, etag)
 
+    @operation
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
@@ -173,6 +176,7 @@ class MessageLedger:
         record = self._update(claim.request_id, finish)
         return OutboundResponse.model_validate(record["answer"])
 
+    @operation
     def release(self, request_id: str) -> None:
         """Give the claim back after a provably unsent failure; a retry may claim again.
 
@@ -188,6 +192,7 @@ class MessageLedger:
 
         self._update(request_id, give_back)
 
+    @operation
     def mark_ambiguous(self, request_id: str) -> None:
         """Remember that an attempt may have reached the provider."""
         now = self.clock()
@@ -200,6 +205,7 @@ class MessageLedger:
             ),
         )
 
+    @operation
     def confirm_sent(self, request_id: str, message_id: str) -> bool:
         """A provider callback proves an unanswered attempt was taken: record it as Sent.
 
@@ -223,6 +229,7 @@ class MessageLedger:
         self._update(request_id, confirm)
         return True
 
+    @operation
     def remember_sender(
         self, number: str, sender: str, channel_definition_id: str, provider: str | None = None
     ) -> None:
@@ -247,6 +254,7 @@ class MessageLedger:
                     self.store.replace(key, known, found.etag)
         self._senders[number] = known
 
+    @operation
     def sender(self, number: str, provider: str | None = None) -> Record | None:
         """What ``remember_sender`` learned about our number ``number``, or None.
 
@@ -263,6 +271,7 @@ class MessageLedger:
             known = self._senders[number] = found.data
         return known if _sent_through(known, provider) else None
 
+    @operation
     def remember_message(self, provider: str, message_id: str, request_id: str) -> None:
         """Record that ``provider``'s message ``message_id`` is the send of ``request_id``.
 
@@ -273,11 +282,13 @@ class MessageLedger:
         with contextlib.suppress(AlreadyExists):
             self.store.insert(_message_key(provider, message_id), record)
 
+    @operation
     def request_of_message(self, provider: str, message_id: str) -> str | None:
         """The RequestId ``remember_message`` recorded for a provider's message id, or None."""
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
+    @operation
     def first_sight(self, provider: str, nonce: str) -> bool:
         """Keep ``provider``'s webhook nonce; True if it was never seen before.
 
@@ -290,6 +301,7 @@ class MessageLedger:
             return False
         return True
 
+    @operation
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))

@@ -26,6 +26,7 @@ from types import FrameType
 
 from werkzeug.serving import make_server
 
+from tools import trace_console
 from tools.devhost.index import (
     describe,
     load_function_app,
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path.cwd()
     loaded = load_local_settings(root / "local.settings.json")
     settings = read_host_settings(root / "host.json")
+    tracing = trace_console.install()  # CHANNEL_TRACE=console, before the app is loaded
     key = os.environ.get(KEY_ENV) or ""
     key_hint = f"${KEY_ENV}"
     if not key:
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_url = f"http://{address}:{server.server_port}"
     if loaded:
         print(f"devhost: {len(loaded)} settings from local.settings.json", flush=True)
+    if tracing:
+        print(tracing, flush=True)
     for line in describe(host.index, base_url, key_hint=key_hint):
         print(line, flush=True)
     time_zone = os.environ.get("WEBSITE_TIME_ZONE")
