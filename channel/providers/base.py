@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from channel.budget import Budget
@@ -262,6 +263,24 @@ def verify_query_secret(hook: Webhook, secret: bytes) -> None:
     # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
     if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), secret):
         raise Forbidden("the secret query parameter does not match")
+
+
+def webhook_json(hook: Webhook, expected: str = "a JSON object") -> Any:
+    """The JSON of a call's body: BadRequest naming ``body`` when it is not ``expected``."""
+    try:
+        return json.loads(hook.body)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body", f"not {expected}") from None
+    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
+        raise BadRequest("body", "JSON nested too deeply") from None
+
+
+def webhook_object(hook: Webhook) -> dict[str, Any]:
+    """The call's body as a JSON object: BadRequest naming ``body`` otherwise."""
+    body = webhook_json(hook)
+    if not isinstance(body, dict):
+        raise BadRequest("body", "not a JSON object")
+    return body
 
 
 def webhook_field(value: str, field: str, limit: int) -> str:
