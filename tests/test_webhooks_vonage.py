@@ -379,7 +379,12 @@ def test_dataverse_down_keeps_the_status_and_a_redelivery_notifies_once(
 def test_malformed_signed_body_is_400_and_changes_nothing(call: Call, wired: FakeDataverse) -> None:
     send(call)
     before = ledger_rows()
-    for body in (b"{not json", b"[]", json.dumps({"status": "delivered"}).encode()):
+    for body in (
+        b"{not json",
+        b"[]",
+        b"[" * 60_000,  # signed, yet deeper than the JSON parser goes
+        json.dumps({"status": "delivered"}).encode(),
+    ):
         response = hook(call, "delivery_report", body)
         assert response.status_code == 400, response.get_body()
     assert wired.calls == []

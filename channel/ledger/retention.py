@@ -22,12 +22,16 @@ from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
 
 log = logging.getLogger(__name__)
 
-EXPIRING_KINDS = ("request", "due", "done", "outbox", "forwarded", "message")
+EXPIRING_KINDS = ("request", "due", "done", "outbox", "forwarded", "message", "nonce")
 """Record kinds that age out, in the order a sweep visits them (``due``/``done``: outbox
 items and their markers; ``outbox``/``forwarded``: the same, of the previous version;
-``message``: the message id -> RequestId records of providers that echo only their id).
-``sender`` records (how Dataverse writes our own numbers) stay: they are configuration,
-not message history."""
+``message``: the message id -> RequestId records of providers that echo only their id;
+``nonce``: webhook nonces seen, see MessageLedger.first_sight). ``sender`` records (how
+Dataverse writes our own numbers) stay: they are configuration, not message history."""
+
+NONCE_RETENTION_DAYS = 1.0
+"""How long a webhook nonce is kept: a day, longer than Plivo retries a callback (about
+7 minutes); a nonce is refused again for as long as it is kept."""
 
 MARKER_RETENTION_DAYS = 365.0
 """How long a ``forwarded`` marker is kept (or CHANNEL_RETENTION_DAYS if longer)."""
@@ -64,6 +68,7 @@ def sweep(
         "outbox": content,
         "forwarded": markers,
         "message": content,
+        "nonce": now - NONCE_RETENTION_DAYS * DAY,
     }
     saved = store.get(CURSOR_KEY)
     index, after = _position(saved.data if saved is not None else None)

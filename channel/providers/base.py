@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from channel.budget import Budget
@@ -203,6 +204,21 @@ class WebhookReply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Nonce:
+    """A one-time value a verified call's signature covers, for the ledger to keep.
+
+    A signature that covers neither the body nor a time (Plivo's V2) proves only that
+    the provider once signed this nonce: the call is genuine the first time the nonce
+    is seen, and a replay (with any body) after that.
+    """
+
+    value: str
+    must_be_new: bool = True
+    """False: the call is proven otherwise (Plivo's V3 alongside V2); the nonce is only
+    kept, so that a later call cannot reuse it with the weaker proof alone."""
+
+
 class WebhookAdapter(Protocol):
     """What a provider adapter does for the webhook routes: verify, then parse."""
 
@@ -210,8 +226,12 @@ class WebhookAdapter(Protocol):
     max_body_bytes: int
     """The largest body the provider sends; a larger one is refused (413) unread."""
 
-    def verify(self, hook: Webhook) -> None:
-        """Raise Unauthorized or Forbidden unless the call provably comes from the provider."""
+    def verify(self, hook: Webhook) -> Nonce | None:
+        """Raise Unauthorized or Forbidden unless the call provably comes from the provider.
+
+        A Nonce returned is part of the proof: the caller keeps it, and refuses the call
+        (403) if it must be new and was seen before.
+        """
         ...
 
     def handshake(self, hook: Webhook) -> WebhookReply | None:
@@ -243,6 +263,24 @@ def verify_query_secret(hook: Webhook, secret: bytes) -> None:
     # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
     if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), secret):
         raise Forbidden("the secret query parameter does not match")
+
+
+def webhook_json(hook: Webhook, expected: str = "a JSON object") -> Any:
+    """The JSON of a call's body: BadRequest naming ``body`` when it is not ``expected``."""
+    try:
+        return json.loads(hook.body)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body", f"not {expected}") from None
+    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
+        raise BadRequest("body", "JSON nested too deeply") from None
+
+
+def webhook_object(hook: Webhook) -> dict[str, Any]:
+    """The call's body as a JSON object: BadRequest naming ``body`` otherwise."""
+    body = webhook_json(hook)
+    if not isinstance(body, dict):
+        raise BadRequest("body", "not a JSON object")
+    return body
 
 
 def webhook_field(value: str, field: str, limit: int) -> str:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from channel.errors import BadRequest
 from channel.logs import printable
-from channel.providers.base import Webhook, WebhookReply
+from channel.providers.base import Webhook, WebhookReply, webhook_json
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,12 +93,7 @@ def each_event(
 
 def _events(hook: Webhook) -> list[dict[str, Any]]:
     """The events of a call: an Event Grid array, a CloudEvents batch or a single event."""
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON event or array of events") from None
-    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
-        raise BadRequest("body", "JSON nested too deeply") from None
+    body = webhook_json(hook, "a JSON event or array of events")
     events = body if isinstance(body, list) else [body]
     if not all(isinstance(event, dict) for event in events):
         raise BadRequest("body", "every event must be a JSON object")

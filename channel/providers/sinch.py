@@ -59,6 +59,7 @@ from channel.providers.base import (
     unsendable,
     verify_query_secret,
     webhook_field,
+    webhook_object,
 )
 from channel.providers.rest import CONNECT_TIMEOUT, json_object, post_once, retry_after
 
@@ -373,7 +374,7 @@ class SinchWebhooks:
 
     def status_reports(self, hook: Webhook) -> list[StatusReport]:
         """The status of a recipient delivery report, with our RequestId as correlation."""
-        body = _body(hook)
+        body = webhook_object(hook)
         kind = body.get("type")
         if kind != RECIPIENT_REPORT:
             if kind == MO_TEXT:
@@ -405,7 +406,7 @@ class SinchWebhooks:
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """The customer's message of an ``mo_text`` call; other types are acknowledged."""
-        body = _body(hook)
+        body = webhook_object(hook)
         kind = body.get("type")
         if kind != MO_TEXT:
             if kind in (RECIPIENT_REPORT, BATCH_REPORT):
@@ -444,18 +445,6 @@ class SinchWebhooks:
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """Any 2xx; Sinch retries 5xx and 429 answers and drops other 4xx."""
         return WebhookReply(status=200)
-
-
-def _body(hook: Webhook) -> dict[str, Any]:
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON object") from None
-    except RecursionError:  # e.g. "[" * 60000: deeper than the parser goes
-        raise BadRequest("body", "JSON nested too deeply") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body", "not a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str, limit: int) -> str:

@@ -48,6 +48,7 @@ from channel.providers.base import (
     Tokens,
     Webhook,
     WebhookReply,
+    webhook_json,
 )
 from channel.providers.rest import json_object, post_once, retry_after
 
@@ -344,10 +345,7 @@ class TelnyxWebhooks:
 
 def _event(hook: Webhook) -> tuple[str, dict[str, Any]]:
     """The event type and payload of a call: ``{"data": {"event_type", "payload"}}``."""
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON event") from None
+    body = webhook_json(hook, "a JSON event")
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict):
         raise BadRequest("data", "every event must carry a data object")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -45,6 +44,7 @@ from channel.providers.base import (
     Tokens,
     Webhook,
     WebhookReply,
+    webhook_object,
 )
 from channel.providers.rest import json_object, post_once, retry_after
 
@@ -317,7 +317,7 @@ class VonageWebhooks:
 
     def status_reports(self, hook: Webhook) -> list[StatusReport]:
         """The one status a callback carries, with our RequestId from ``client_ref``."""
-        body = _body(hook)
+        body = webhook_object(hook)
         if "status" not in body and "text" in body:
             log.warning(
                 "an inbound message reached %s: set the application's Inbound URL to "
@@ -343,7 +343,7 @@ class VonageWebhooks:
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """The customer's message of an inbound SMS callback; other channels are ignored."""
-        body = _body(hook)
+        body = webhook_object(hook)
         channel = body.get("channel")
         if channel != "sms":
             log.info("inbound %s message acknowledged and ignored", channel or "(no channel)")
@@ -361,16 +361,6 @@ class VonageWebhooks:
     def acknowledge(self, hook: Webhook) -> WebhookReply:
         """Any 2xx; Vonage retries 429 and 5xx answers for 24 hours."""
         return WebhookReply(status=200)
-
-
-def _body(hook: Webhook) -> dict[str, Any]:
-    try:
-        body = json.loads(hook.body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body", "not a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body", "not a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str) -> str:
