@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +60,8 @@ class Settings:
     dataverse_organization_id: str | None = None
     azure_client_id: str | None = None
     providers: Mapping[str, Any] = field(default_factory=dict)
-    """Each provider's typed settings by provider id (secrets kept out of their reprs)."""
+    """Each provider's typed settings by provider id (secrets kept out of their reprs):
+    a ProviderSettings, which reads those of a provider not in use when first asked."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -81,8 +83,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: the process environment)."""
-        return SettingsReader(os.environ if environ is None else environ).read()
+        """Read the settings from ``environ`` (default: the process environment, as now)."""
+        # A copy of the process environment: a provider's settings read later (its first
+        # webhook call) are those of the same moment as the rest.
+        return SettingsReader(dict(os.environ) if environ is None else environ).read()
 
 
 class SettingsReader:
@@ -134,13 +138,16 @@ class SettingsReader:
             "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),
             "azure_client_id": self.get("AZURE_CLIENT_ID"),
         }
-        # Every provider's settings are read (any provider's webhooks may be called);
-        # only the chosen one's problems and notes count.
-        owns = {provider_id: spec(provider_id).read_settings(self) for provider_id in PROVIDER_IDS}
-        values["providers"] = {provider_id: own.values for provider_id, own in owns.items()}
-        if provider in owns:
-            self.problems.extend(owns[provider].problems)
-            self.notes.extend(owns[provider].notes)
+        # The settings of the providers in use are read now, and their problems and
+        # notes count; any other provider's are read when its webhook is first called
+        # (a cold start imports and reads only what it sends through).
+        read: dict[str, Any] = {}
+        for provider_id in providers_in_use(provider):
+            own = spec(provider_id).read_settings(self)
+            read[provider_id] = own.values
+            self.problems.extend(own.problems)
+            self.notes.extend(own.notes)
+        values["providers"] = ProviderSettings(self.env, read)
         settings = Settings(**values)  # type: ignore[arg-type]
         self._check_environment(settings)
         return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
@@ -260,6 +267,60 @@ class SettingsReader:
             self.problems.append("DATAVERSE_URL is not set")
         if s.dataverse_dev_mode:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
+
+
+def providers_in_use(provider: str) -> tuple[str, ...]:
+    """The providers this process sends through: ``CHANNEL_PROVIDER``'s, if it names one.
+
+    Their settings are read with the rest and their problems make the channel
+    unavailable (health 503); other providers' settings are read only when needed.
+    """
+    from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+    return (provider,) if provider in PROVIDER_IDS else ()
+
+
+class ProviderSettings(Mapping[str, Any]):
+    """Each provider's own settings by id: those in use as read, any other on first access.
+
+    A provider's webhooks may be called whichever provider sends, so every provider has
+    settings; reading one imports its module, which a process that never hears from it
+    need not pay for. Problems of a provider not in use do not count (see read()).
+    """
+
+    def __init__(self, environ: Mapping[str, str], read: Mapping[str, Any]) -> None:
+        self._environ = environ
+        self._values = dict(read)
+        self._lock = threading.Lock()
+
+    def __getitem__(self, provider_id: str) -> Any:
+        try:
+            return self._values[provider_id]
+        except KeyError:
+            pass
+        from channel.providers import PROVIDER_IDS, spec  # see SettingsReader.read()
+
+        if provider_id not in PROVIDER_IDS:
+            raise KeyError(provider_id)
+        with self._lock:
+            if provider_id not in self._values:
+                own = spec(provider_id).read_settings(SettingsReader(self._environ))
+                self._values[provider_id] = own.values
+            return self._values[provider_id]
+
+    def __iter__(self) -> Iterator[str]:
+        from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+        return iter(PROVIDER_IDS)
+
+    def __len__(self) -> int:
+        from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+        return len(PROVIDER_IDS)
+
+    def __repr__(self) -> str:
+        # Only what was read: reading to show would import every provider.
+        return f"{type(self).__name__}({self._values!r})"
 
 
 def is_guid(value: str) -> bool:

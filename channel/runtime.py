@@ -14,7 +14,6 @@ from channel import telemetry
 from channel.config import Settings
 from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
-from channel.ledger.outbox import Outbox
 from channel.providers import build_provider, build_webhooks
 from channel.providers.base import Provider, WebhookAdapter
 from channel.service import OutboundService
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 
     from channel.dataverse import Dataverse
     from channel.identity import TokenSource
+    from channel.ledger.outbox import Outbox
     from channel.ledger.store import RecordStore
     from channel.webhooks import WebhookService
 
@@ -65,10 +65,7 @@ class Runtime:
     @property
     def outbox(self) -> Outbox:
         """Notifications and inbound messages on their way to Dataverse."""
-        return self._once(  # type: ignore[no-any-return]
-            "outbox",
-            lambda: Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10),
-        )
+        return self._once("outbox", self._new_outbox)  # type: ignore[no-any-return]
 
     @property
     def dataverse(self) -> Dataverse:
@@ -151,6 +148,12 @@ class Runtime:
             lease_seconds=self.settings.budget_seconds + LEASE_MARGIN_SECONDS,
             ambiguous_grace_seconds=self.settings.ambiguous_grace_seconds,
         )
+
+    def _new_outbox(self) -> Outbox:
+        # Imported here: webhooks, health and the timer use the outbox, outbound does not.
+        from channel.ledger.outbox import Outbox
+
+        return Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10)
 
     def _new_provider(self) -> Provider:
         try:
