@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -136,15 +135,16 @@ def _allowed(name: str, value: object) -> bool:
 # --- instruments (created on first use, once a provider is installed) --------------------
 
 
-@dataclass(frozen=True)
 class Instrument:
     """A counter or histogram of the app, by name; the API's instrument is made when used."""
 
-    name: str
-    kind: str
-    """``counter`` or ``histogram``."""
-    unit: str
-    description: str
+    # A plain class, not a dataclass: seven of them are made on every cold start.
+    def __init__(self, name: str, kind: str, unit: str, description: str) -> None:
+        self.name = name
+        self.kind = kind
+        """``counter`` or ``histogram``."""
+        self.unit = unit
+        self.description = description
 
     def api(self) -> Any:
         """The OpenTelemetry instrument (a proxy until a meter provider is installed)."""

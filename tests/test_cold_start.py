@@ -20,7 +20,13 @@ from tests.fakes import FakeTwilio
 ROOT = Path(__file__).resolve().parent.parent
 
 PREAMBLE = """
-import json, sys
+import importlib.metadata, json, sys
+scanned = []  # the entry-point groups looked up (a scan of every installed distribution)
+_entry_points = importlib.metadata.entry_points
+def _recorded(**params):
+    scanned.append(params.get("group"))
+    return _entry_points(**params)
+importlib.metadata.entry_points = _recorded
 import azure.functions as func
 from function_app import app
 functions = {fn.get_function_name(): fn.get_user_function() for fn in app.get_functions()}
@@ -41,7 +47,7 @@ def report(**extra):
                           "InboundMessage")
         if getattr(contracts, name).__pydantic_complete__
     )
-    print(json.dumps({"modules": sorted(sys.modules), "built": built, **extra}))
+    print(json.dumps({"modules": sorted(sys.modules), "built": built, "scanned": scanned, **extra}))
 """
 
 NOT_ON_THE_OUTBOUND_PATH = (
@@ -61,12 +67,17 @@ NOT_ON_THE_OUTBOUND_PATH = (
 """Packages and modules an outbound call through Twilio never needs."""
 
 
-def fresh_process(script: str, *args: str) -> dict[str, Any]:
-    """Run ``PREAMBLE + script`` in a new interpreter with this environment; its report."""
+def fresh_process(script: str, *args: str, **env: str) -> dict[str, Any]:
+    """Run ``PREAMBLE + script`` in a new interpreter with this environment; its report.
+
+    ``env`` adds to the environment. PYDANTIC_DISABLE_PLUGINS is not passed on unless
+    given there: this process has the app's default, and the new one must show its own.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
     done = subprocess.run(  # noqa: S603 - our own interpreter and script
         [sys.executable, "-c", PREAMBLE + script, *args],
         cwd=ROOT,
-        env=dict(os.environ),
+        env={**inherited, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -104,6 +115,21 @@ def test_an_outbound_call_uses_its_provider_and_its_contracts_only(twilio: FakeT
     assert report["built"] == ["OutboundPayload", "OutboundResponse"]
     assert loaded(report["modules"], NOT_ON_THE_OUTBOUND_PATH) == []
     assert "channel.providers.twilio" in report["modules"]
+    # Neither pydantic's plugin discovery nor anything else scanned the installed packages.
+    assert report["scanned"] == []
+
+
+def test_pydantic_plugins_are_looked_for_when_the_operator_asks(twilio: FakeTwilio) -> None:
+    # PYDANTIC_DISABLE_PLUGINS naming no plugin: every plugin is wanted, so pydantic
+    # looks for them as it would without the app's default.
+    twilio.accept()
+    report = fresh_process(
+        "status, answer = outbound(sys.argv[1]); report(status=status)",
+        json.dumps(payload()),
+        PYDANTIC_DISABLE_PLUGINS="none",
+    )
+    assert report["status"] == 200
+    assert report["scanned"] == ["pydantic"]
 
 
 def test_telemetry_installed_after_the_app_was_loaded_is_recorded(configure: Configure) -> None:
