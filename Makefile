@@ -24,12 +24,17 @@ $(VENV)/.runtime: requirements.txt | python-check
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# The local host's own dependencies (werkzeug, croniter): not deployed.
+$(VENV)/.devhost: $(VENV)/.runtime requirements-devhost.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-devhost.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.devhost requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.runtime
-	$(PY) -m channel.devhost
+run: $(VENV)/.devhost
+	$(PY) -m tools.devhost
 
 # Installs Azurite once (about 20 s) when npm exists; without npm the Table tests skip.
 azurite:
@@ -56,13 +61,13 @@ test: $(VENV)/.dev azurite checkov
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-# Every figure, then exit 1 if any missed its target.
-bench: $(VENV)/.dev
+# Every figure, then exit 1 if any missed its target (the Table benches need Azurite).
+bench: $(VENV)/.dev azurite
 	@status=0; \
 	$(PY) -m bench.outbound --table || status=1; \
-	$(PY) -m bench.delivery_report || status=1; \
-	$(PY) -m bench.outbound_acs || status=1; \
 	$(PY) -m bench.outbound_next || status=1; \
+	$(PY) -m bench.delivery_report || status=1; \
+	$(PY) -m bench.table_round_trips || status=1; \
 	exit $$status
 
 clean:

@@ -3,9 +3,10 @@
 import azure.functions as func
 
 from channel import http
-from channel.logs import quiet_libraries
+from channel.logs import add_dimensions, quiet_libraries
 
 quiet_libraries()
+add_dimensions()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

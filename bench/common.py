@@ -1,14 +1,16 @@
-"""Shared pieces of the benchmarks: fake servers on 127.0.0.1, inputs, timing and summaries.
+"""Shared pieces of the benchmarks: the tests' fakes served fast, inputs, timing, summaries.
 
 Every figure is a ratio against the cheapest thing that could do the same job, measured
-the same way: fakes that answer at once from a background thread over one keep-alive
-connection (head and body in one write, Nagle off), requests built beforehand, and the
-two sides timed in alternating blocks (ABBA) after a warm-up so drift cancels out.
+the same way: the fakes of ``tests/`` (the same checks and answers the tests rely on),
+served by :class:`FastServer` from a background thread over one keep-alive connection
+(head and body in one write, Nagle off), requests built beforehand, and the two sides
+timed in alternating blocks (ABBA) after a warm-up so drift cancels out.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import json
 import logging
@@ -23,20 +25,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar, cast
-from urllib.parse import parse_qs
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
-from tests.data import RECIPIENT, SENDER_E164, TEXT, payload
+from tests.data import RECIPIENT, SENDER_E164, TEXT, TWILIO_SID, TWILIO_TOKEN, payload
 
 ROOT = Path(__file__).resolve().parents[1]
 
 BLOCK = 25
 """Calls per block; blocks of the two measurements alternate (ABBA) to cancel drift."""
 
-ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-AUTH_TOKEN = "bench-auth-token-0001"  # noqa: S105 - a fake account's token
+ACCOUNT_SID = TWILIO_SID
+AUTH_TOKEN = TWILIO_TOKEN
 PUBLIC_URL = "https://sms.contoso.example"
 HOST_URL = "http://localhost:7071"
 """Where the local Functions host serves the app: the URL its requests carry."""
@@ -45,6 +49,8 @@ ENV_PREFIXES = (
     "CHANNEL_",
     "TWILIO_",
     "ACS_",
+    "VONAGE_",
+    "TELNYX_",
     "DATAVERSE_",
     "AZURE_",
     "WEBSITE_",
@@ -54,61 +60,129 @@ ENV_PREFIXES = (
 """Settings the app (or azure-identity) reads: none leaks in from the caller's shell."""
 
 
-# -- fake servers ----------------------------------------------------------------------
+# -- serving the tests' fakes ------------------------------------------------------------
+
+Handler = Callable[[Request], Response]
+_ARRIVALS = itertools.count()
+"""One order for the requests of every FastServer of the process."""
 
 
-class FakeServer(ThreadingHTTPServer):
-    """A local HTTP/1.1 server that counts the TCP connections it accepts."""
+@dataclass(frozen=True)
+class Served:
+    """One request a FastServer answered: what arrived, on which connection, in what order."""
+
+    request: Request
+    response: Response
+    connection: int
+    """The server's count of connections when the one carrying it was accepted."""
+    arrival: int
+    """Its place among the requests to every FastServer of the process."""
+
+
+class _Expectation:
+    def __init__(self, routes: dict[tuple[str, str], Handler], key: tuple[str, str]) -> None:
+        self._routes = routes
+        self._key = key
+
+    def respond_with_handler(self, handler: Handler) -> None:
+        self._routes[self._key] = handler
+
+    def respond_with_response(self, response: Response) -> None:
+        self._routes[self._key] = lambda request: response
+
+
+class FastServer(ThreadingHTTPServer):
+    """The part of pytest-httpserver's ``HTTPServer`` the fakes use, at http.server speed.
+
+    The tests' fakes register werkzeug handlers with ``expect_request``; this serves them
+    over keep-alive HTTP/1.1 with one write per answer (pytest-httpserver's werkzeug
+    server costs several times a bare POST, which would dilute every ratio). Unmatched
+    requests go to ``fallback`` (404 without one). ``log`` keeps every request answered.
+    """
 
     daemon_threads = True
 
-    def __init__(self, handler: type[FastHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FastHandler)
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.routes: dict[tuple[str, str], Handler] = {}
+        self.fallback: Handler | None = None
         self.connections = 0
+        self.log: list[Served] = []
+        self.lock = threading.Lock()
+
+    def url_for(self, suffix: str) -> str:
+        """The URL of ``suffix`` on this server."""
+        return f"{self.base_url}/{suffix.lstrip('/')}"
+
+    def expect_request(self, uri: str, method: str = "GET") -> _Expectation:
+        """Route ``method uri`` to the handler or response given next (always, in any order)."""
+        return _Expectation(self.routes, (method.upper(), uri))
+
+    def as_httpserver(self) -> HTTPServer:
+        """This server, typed as the fakes' pytest-httpserver: they call only the methods above."""
+        return cast(HTTPServer, self)
+
+    def requests_to(self, path: str) -> list[Served]:
+        """The requests answered for ``path``, in arrival order."""
+        with self.lock:
+            return [served for served in self.log if served.request.path == path]
 
 
-class FastHandler(BaseHTTPRequestHandler):
-    """Keep-alive handler base: counts connections, answers in one write, logs nothing."""
-
+class _FastHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection serves every call
     disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()
-        cast(FakeServer, self.server).connections += 1
+        server = cast(FastServer, self.server)
+        with server.lock:
+            server.connections += 1
+            self.number = server.connections
 
-    def read_body(self) -> bytes:
-        """The request body (all of it, so the connection stays usable)."""
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def serve(self) -> None:
+        server = cast(FastServer, self.server)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        parts = urlsplit(self.path)
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": unquote(parts.path),
+            "QUERY_STRING": parts.query,
+            "RAW_URI": self.path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": str(server.server_address[1]),
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+        }
+        for name, value in self.headers.items():
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                environ[key] = value
+        request = Request(environ)
+        handler = server.routes.get((self.command, parts.path), server.fallback)
+        response = Response(status=404) if handler is None else handler(request)
+        content = b"" if response.status_code == 204 else response.get_data()
+        with server.lock:
+            server.log.append(Served(request, response, self.number, next(_ARRIVALS)))
+        head = [f"HTTP/1.1 {response.status}"]
+        head += [f"{k}: {v}" for k, v in response.headers.items() if k.lower() != "content-length"]
+        if response.status_code != 204:  # RFC 9110, 8.6: no Content-Length on a 204
+            head.append(f"Content-Length: {len(content)}")
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + content)
 
-    def answer(
-        self,
-        status: int,
-        body: bytes = b"",
-        content_type: str = "application/json",
-        extra_headers: str = "",
-    ) -> None:
-        """Head and body in one write: no Nagle/delayed-ACK stall, no per-header syscalls.
-
-        ``extra_headers`` are raw ``Name: value\\r\\n`` lines. A 204 carries neither a
-        body nor Content-Length (RFC 9110, 8.6).
-        """
-        head = f"HTTP/1.1 {status} {self.responses[status][0]}\r\n{extra_headers}"
-        if status != 204:
-            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        self.wfile.write((head + "\r\n").encode("ascii") + body)
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_MERGE = serve  # noqa: N815
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log."""
 
 
-S = TypeVar("S", bound=FakeServer)
-
-
 @contextmanager
-def serving(server: S, name: str) -> Iterator[S]:
-    """``server`` serving from a background thread for the duration of the block."""
+def fast_server(name: str) -> Iterator[FastServer]:
+    """A FastServer serving from a background thread for the duration of the block."""
+    server = FastServer()
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
@@ -117,47 +191,6 @@ def serving(server: S, name: str) -> Iterator[S]:
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-class FakeTwilioServer(FakeServer):
-    """Twilio's Messages resource reduced to its fastest answer: 201 with a fresh sid.
-
-    With ``record=True`` it also keeps each message's ``StatusCallback`` by the sid it
-    handed out, so a delivery report can be built from what the app really sent.
-    """
-
-    def __init__(self, *, record: bool = False) -> None:
-        super().__init__(_FakeTwilioHandler)
-        self.path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
-        self.posts = itertools.count(1)
-        self.record = record
-        self.callbacks: dict[str, str] = {}
-
-    @property
-    def messages_url(self) -> str:
-        """The URL the Twilio adapter posts to."""
-        return self.base_url + self.path
-
-
-class _FakeTwilioHandler(FastHandler):
-    def do_POST(self) -> None:
-        server = cast(FakeTwilioServer, self.server)
-        body = self.read_body()
-        if self.path != server.path:
-            self.answer(404, b'{"code":20404,"message":"not found"}')
-            return
-        sid = f"SM{next(server.posts):032x}"
-        if server.record:
-            server.callbacks[sid] = parse_qs(body.decode())["StatusCallback"][0]
-        reply = json.dumps({"sid": sid, "status": "queued", "error_code": None}).encode()
-        self.answer(201, reply)
-
-
-@contextmanager
-def fake_twilio(*, record: bool = False) -> Iterator[FakeTwilioServer]:
-    """The fake Twilio serving from a background thread for the duration of the block."""
-    with serving(FakeTwilioServer(record=record), "fake-twilio") as server:
-        yield server
 
 
 # -- shared inputs ---------------------------------------------------------------------
@@ -188,6 +221,11 @@ def use_env(env: dict[str, str]) -> None:
 def payload_body(request_id: str) -> bytes:
     """An outbound request body as Dataverse sends it (the tests' payload)."""
     return json.dumps(payload(RequestId=request_id)).encode("utf-8")
+
+
+def twilio_messages_url(base_url: str) -> str:
+    """Twilio's Messages resource of the test account (what the fake answers)."""
+    return f"{base_url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
 
 
 def twilio_form(request_id: str) -> dict[str, str]:
@@ -299,6 +337,68 @@ def interleave(first: Timed, second: Timed, iterations: int) -> tuple[list[float
         runs.reverse()  # ABBA: neither side always goes first
         done += size
     return first_times, second_times
+
+
+@dataclass(frozen=True)
+class Warm:
+    """A warm figure: the ``outbound`` function against a bare POST of the same request."""
+
+    outbound: Stats
+    bare: Stats
+
+    @property
+    def ratio(self) -> float:
+        """Outbound median over bare-POST median."""
+        return self.outbound.median / self.bare.median
+
+    def print(self, target: float, connections: int | None = None) -> None:
+        """The medians, the ratio against ``target`` and the overhead per call."""
+        print(self.outbound.line("outbound function"))
+        print(self.bare.line("bare POST"))
+        opened = "" if connections is None else f"  (server connections opened: {connections})"
+        print(
+            f"  ratio {self.ratio:.2f} ({verdict(self.ratio, target)})  overhead "
+            f"{(self.outbound.median - self.bare.median) * 1e3:.3f} ms/call{opened}"
+        )
+
+
+def bare_post(url: str, expected: int, **request: Any) -> tuple[Timed, Callable[[], None]]:
+    """A timed ``requests.Session().post(url, **request)`` that must answer ``expected``.
+
+    Returns the timed call and the session's closer.
+    """
+    import requests
+
+    session = requests.Session()
+
+    def call() -> float:
+        start = time.perf_counter()
+        reply = session.post(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **request)
+        elapsed = time.perf_counter() - start
+        assert reply.status_code == expected, reply.text
+        return elapsed
+
+    return call, session.close
+
+
+def measure_outbound(env: dict[str, str], bare: Timed, iterations: int) -> Warm:
+    """The one warm timing loop of every outbound figure: the app configured by ``env``.
+
+    A fresh runtime sends a new RequestId per call (each answer must be ``Sent``),
+    interleaved with ``bare`` after a warm-up; the runtime is dropped afterwards.
+    """
+    from channel.runtime import reset_runtime
+
+    use_env(env)
+    reset_runtime()
+    try:
+        outbound = app_functions()["outbound"]
+        call_outbound = outbound_caller(outbound, warmup_calls(iterations) + iterations)
+        print(f"\nwarm: {iterations} calls of each kind, blocks of {BLOCK}, ABBA")
+        app_times, bare_times = interleave(call_outbound, bare, iterations)
+    finally:
+        reset_runtime()
+    return Warm(Stats.of(app_times), Stats.of(bare_times))
 
 
 # -- report ----------------------------------------------------------------------------

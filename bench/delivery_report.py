@@ -5,14 +5,16 @@ function (called as the host calls it: an ``azure.functions.HttpRequest`` for
 ``/api/delivery-report/twilio?rid=<RequestId>`` with Twilio's form and a valid
 ``X-Twilio-Signature``; final status ``delivered``; embedded SQLite ledger in a temp dir;
 token already cached) over the median of a bare ``requests.Session().post`` of the same
-JSON body with the same headers to the same fake Dataverse on 127.0.0.1, which answers
-204 at once. Every report is for a distinct message the app sent first through
-``outbound`` (to a fake Twilio that keeps each StatusCallback), so each one really makes
-a notification; the fake Dataverse checks that each call made exactly one. Both sides
+JSON body with the same headers to the same fake Dataverse on 127.0.0.1 (the tests'
+``FakeDataverse``: it checks the token, OData headers and body shape, then answers 204).
+Every report is for a distinct message the app sent first through ``outbound`` (to the
+tests' fake Twilio, whose request log gives each StatusCallback), so each one really
+makes a notification; each call is checked to have made exactly one. Both sides
 run in alternating blocks after a warm-up, so drift cancels out. Target: <= 1.3.
-*Counts*, from a fresh runtime: requests to the fake managed-identity endpoint in the
-first 1,000 notifications (expected 1), and TCP connections the app opened to the fake
-Dataverse in its first 1,000 calls (expected a handful at most).
+*Counts*, from a fresh runtime, read from the fakes' request logs: requests to the fake
+managed-identity endpoint before the 1,000th notification (expected 1), and TCP
+connections the app opened to the fake Dataverse in its first 1,000 calls (expected a
+handful at most).
 
 Run from the repository root: ``.venv/bin/python -m bench.delivery_report
 [--iterations N] [--profile N]``.
@@ -27,19 +29,17 @@ import pstats
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import azure.functions as func
-import requests
 from twilio.request_validator import RequestValidator
 
 from bench.common import (
@@ -49,36 +49,31 @@ from bench.common import (
     HOST_URL,
     PUBLIC_URL,
     ROOT,
-    FakeServer,
-    FakeTwilioServer,
-    FastHandler,
+    FastServer,
     Function,
+    Served,
     Stats,
     Timed,
     app_functions,
+    bare_post,
     channel_env,
-    fake_twilio,
+    fast_server,
     http_request,
     interleave,
     missed,
     payload_body,
     quiet_logging,
-    serving,
     use_env,
     verdict,
-    warmup_calls,
 )
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER, SENDER_E164
+from tests.fakes import IDENTITY_SECRET, ORGANIZATION_ID, FakeDataverse, FakeIdentity, FakeTwilio
 
 TARGET = 1.3
 PER = 1_000
 """The counts are given per this many notifications / Dataverse calls."""
-IDENTITY_SECRET = "bench-identity-header"  # noqa: S105 - the fake endpoint's shared secret
-ORGANIZATION_ID = "7d2f4e3a-1b2c-4d5e-8f90-123456789abc"
-API_PATH = "/api/data/v9.2"
-NOTIFICATION_PATH = f"{API_PATH}/msdyn_D365ChannelsNotification"
-WHOAMI_PATH = f"{API_PATH}/WhoAmI"
-TOKEN_PATH = "/msi/token"  # noqa: S105 - a URL path, not a secret
+NOTIFY = "msdyn_D365ChannelsNotification"
+NOTIFICATION_PATH = f"/api/data/v9.2/{NOTIFY}"
 ODATA_HEADERS = {
     "Accept": "application/json",
     "OData-MaxVersion": "4.0",
@@ -88,177 +83,101 @@ ODATA_HEADERS = {
 """What the app sends with every Dataverse POST besides Authorization."""
 
 
-# -- the fake managed-identity endpoint -------------------------------------------------
-
-
-class FakeIdentityServer(FakeServer):
-    """The App Service managed-identity endpoint: one-hour tokens, every request counted."""
-
-    def __init__(self) -> None:
-        super().__init__(_FakeIdentityHandler)
-        self.url = self.base_url + TOKEN_PATH
-        self.requests = 0
-        self.issued: list[str] = []
-        self.lock = threading.Lock()
-
-
-class _FakeIdentityHandler(FastHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        server = cast(FakeIdentityServer, self.server)
-        parts = urlsplit(self.path)
-        with server.lock:
-            server.requests += 1
-            token = f"bench-token-{len(server.issued) + 1}"
-            if parts.path != TOKEN_PATH or self.headers.get("X-IDENTITY-HEADER") != (
-                IDENTITY_SECRET
-            ):
-                self.answer(400, b'{"error":"bad_request"}')
-                return
-            server.issued.append(token)
-        body = {
-            "access_token": token,
-            "expires_on": str(int(time.time()) + 3600),
-            "resource": parse_qs(parts.query).get("resource", [""])[0],
-            "token_type": "Bearer",
-        }
-        self.answer(200, json.dumps(body).encode())
-
-
-# -- the fake Dataverse ----------------------------------------------------------------
-
-
-class FakeDataverseServer(FakeServer):
-    """Dataverse's Web API reduced to its fastest answers: 204 to a notification, WhoAmI.
-
-    Each call's bearer token (one the fake identity issued), OData headers and body shape
-    are checked; a breach is answered 400 and listed in ``rejected``. Notifications are
-    recorded as ``(RequestId, Status)``, except the bare POST's (``bare_request_id``),
-    which are only counted. Each connection notes whether it carried a bare POST, so
-    the app's connections can be told from the bare session's.
-    """
-
-    def __init__(self, identity: FakeIdentityServer, bare_request_id: str) -> None:
-        super().__init__(_FakeDataverseHandler)
-        self.identity = identity
-        self.bare_request_id = bare_request_id
-        self.notifications: list[tuple[str, str]] = []
-        self.bare_posts = 0
-        self.whoami = 0
-        self.rejected: list[str] = []
-        self.last_app_body_size = 0
-        self.carried_bare: list[bool] = []
-        """One entry per accepted connection: True once it carried a bare POST."""
-        self.tokens_at_per: int | None = None
-        """Token requests when the app's PER-th notification arrived."""
-        self.connections_at_per: int | None = None
-        """The app's connections when its PER-th Dataverse call arrived."""
-        self.lock = threading.Lock()
-
-    @property
-    def app_calls(self) -> int:
-        """Dataverse calls the app made (WhoAmI and notifications)."""
-        return self.whoami + len(self.notifications)
-
-    @property
-    def app_connections(self) -> int:
-        """Connections that never carried a bare POST: the app's."""
-        return self.carried_bare.count(False)
-
-    def problems(self, handler: FastHandler) -> list[str]:
-        """What is wrong with a call's token and OData headers."""
-        found = []
-        token = handler.headers.get("Authorization", "").removeprefix("Bearer ")
-        if token not in self.identity.issued:
-            found.append(f"unknown bearer token {token!r}")
-        for name, value in ODATA_HEADERS.items():
-            if handler.command == "GET" and name == "Content-Type":
-                continue
-            if handler.headers.get(name) != value:
-                found.append(f"{name}: {handler.headers.get(name)!r}")
-        return found
-
-    def app_called(self) -> None:
-        """Snapshot the counts at the app's PER-th call and notification (under the lock)."""
-        if self.app_calls == PER:
-            self.connections_at_per = self.app_connections
-        if len(self.notifications) == PER:
-            self.tokens_at_per = self.identity.requests
-
-
-class _FakeDataverseHandler(FastHandler):
-    def setup(self) -> None:
-        super().setup()
-        server = cast(FakeDataverseServer, self.server)
-        with server.lock:
-            self.index = len(server.carried_bare)
-            server.carried_bare.append(False)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        server = cast(FakeDataverseServer, self.server)
-        if self.path != WHOAMI_PATH:
-            self.answer(404)
-            return
-        with server.lock:
-            problems = server.problems(self)
-            if problems:
-                server.rejected.extend(problems)
-                self.answer(400)
-                return
-            server.whoami += 1
-            server.app_called()
-        body = {"BusinessUnitId": "b", "UserId": "u", "OrganizationId": ORGANIZATION_ID}
-        self.answer(200, json.dumps(body).encode())
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        server = cast(FakeDataverseServer, self.server)
-        body = self.read_body()
-        if self.path != NOTIFICATION_PATH:
-            self.answer(404)
-            return
-        with server.lock:
-            problems = server.problems(self)
-            try:
-                parameter = json.loads(body)
-                payload = json.loads(parameter["notificationPayLoad"])
-                rid, status = payload["RequestId"], payload["Status"]
-                if list(parameter) != ["notificationPayLoad"]:
-                    problems.append(f"body members {list(parameter)}")
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"body {body!r}: {exc!r}")
-            if problems:
-                server.rejected.extend(problems)
-                self.answer(400)
-                return
-            if rid == server.bare_request_id:
-                server.bare_posts += 1
-                server.carried_bare[self.index] = True
-            else:
-                server.notifications.append((rid, status))
-                server.last_app_body_size = len(body)
-                server.app_called()
-        self.answer(204, extra_headers="OData-Version: 4.0\r\n")
+# -- the tests' fakes, served fast -------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Fakes:
-    """The three fakes of one run."""
+    """The fakes of one run (tests/fakes.py), each on its own FastServer."""
 
-    twilio: FakeTwilioServer
-    identity: FakeIdentityServer
-    dataverse: FakeDataverseServer
+    twilio: FakeTwilio
+    identity: FakeIdentity
+    dataverse: FakeDataverse
+    servers: dict[str, FastServer]
+    """Where each is served, by name: their request logs."""
+
+    @property
+    def identity_url(self) -> str:
+        """IDENTITY_ENDPOINT for the app."""
+        return self.servers["identity"].url_for("/msi/token")
+
+    def status_callbacks(self) -> dict[str, str]:
+        """Each message sid the fake Twilio handed out, with the StatusCallback it was given."""
+        return {
+            json.loads(served.response.get_data())["sid"]: served.request.form["StatusCallback"]
+            for served in self.servers["twilio"].requests_to(self.twilio.path)
+        }
 
 
 @contextmanager
-def fakes(bare_request_id: str) -> Iterator[Fakes]:
+def fakes() -> Iterator[Fakes]:
     """Fake Twilio, identity endpoint and Dataverse, serving for the duration of the block."""
-    identity = FakeIdentityServer()
-    dataverse = FakeDataverseServer(identity, bare_request_id)
-    with (
-        fake_twilio(record=True) as twilio,
-        serving(identity, "fake-identity"),
-        serving(dataverse, "fake-dataverse"),
-    ):
-        yield Fakes(twilio, identity, dataverse)
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(fast_server(f"fake-{name}"))
+            for name in ("twilio", "identity", "dataverse")
+        }
+        twilio = FakeTwilio(servers["twilio"].as_httpserver())
+        twilio.accept()
+        identity = FakeIdentity(servers["identity"].as_httpserver())
+        dataverse = FakeDataverse(servers["dataverse"].as_httpserver(), identity)
+        yield Fakes(twilio, identity, dataverse, servers)
+
+
+def _request_id(served: Served) -> str | None:
+    """The RequestId of a notification call (None for WhoAmI)."""
+    if served.request.method != "POST":
+        return None
+    body = json.loads(served.request.get_data())
+    rid: str = json.loads(body["notificationPayLoad"])["RequestId"]
+    return rid
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Token requests and connections of the app, read from the fakes' request logs."""
+
+    notifications: int
+    """The app's notifications (the bare POSTs left out)."""
+    app_calls: int
+    """The app's Dataverse calls: WhoAmI and notifications."""
+    whoami: int
+    token_requests: int
+    app_connections: int
+    bare_connections: int
+    tokens_at_per: int | None
+    """Token requests before the app's PER-th notification arrived."""
+    connections_at_per: int | None
+    """The app's connections when its PER-th Dataverse call arrived."""
+    last_app_body_size: int
+
+
+def counts(fake: Fakes, bare_request_id: str) -> Counts:
+    """What the app asked of the identity endpoint and Dataverse, in arrival order."""
+    dataverse_server = fake.servers["dataverse"]
+    with dataverse_server.lock:
+        served = list(dataverse_server.log)
+    bare = [s for s in served if _request_id(s) == bare_request_id]
+    app = [s for s in served if _request_id(s) != bare_request_id]
+    notes = [s for s in app if s.request.method == "POST"]
+    tokens = [s.arrival for s in fake.servers["identity"].log]
+    tokens_at_per = (
+        sum(1 for arrival in tokens if arrival < notes[PER - 1].arrival)
+        if len(notes) >= PER
+        else None
+    )
+    connections_at_per = len({s.connection for s in app[:PER]}) if len(app) >= PER else None
+    return Counts(
+        notifications=len(notes),
+        app_calls=len(app),
+        whoami=len(app) - len(notes),
+        token_requests=len(tokens),
+        app_connections=len({s.connection for s in app}),
+        bare_connections=len({s.connection for s in bare}),
+        tokens_at_per=tokens_at_per,
+        connections_at_per=connections_at_per,
+        last_app_body_size=len(notes[-1].request.get_data()) if notes else 0,
+    )
 
 
 # -- inputs ----------------------------------------------------------------------------
@@ -274,17 +193,20 @@ class SentMessage:
     """The StatusCallback URL the app gave Twilio for it."""
 
 
-def send_messages(outbound: Function, twilio: FakeTwilioServer, count: int) -> list[SentMessage]:
+def send_messages(outbound: Function, fake: Fakes, count: int) -> list[SentMessage]:
     """``count`` new RequestIds sent through the app (ledger records, Twilio sids)."""
-    sent = []
+    answers = []
     for _ in range(count):
         rid = str(uuid.uuid4())
         response = outbound(http_request(payload_body(rid)))
         answer = json.loads(response.get_body())
         assert response.status_code == 200, response.get_body()
         assert answer["Status"] == "Sent", answer
-        sid = answer["MessageId"]
-        callback = twilio.callbacks[sid]
+        answers.append((rid, answer["MessageId"]))
+    callbacks = fake.status_callbacks()
+    sent = []
+    for rid, sid in answers:
+        callback = callbacks[sid]
         assert callback == f"{PUBLIC_URL}/api/delivery-report/twilio?rid={rid}", callback
         sent.append(SentMessage(rid, sid, callback))
     return sent
@@ -358,7 +280,7 @@ class ReportCalls:
     def __init__(
         self,
         function: Function,
-        dataverse: FakeDataverseServer,
+        dataverse: FakeDataverse,
         reports: list[tuple[str, func.HttpRequest]],
         expected_body: bytes,
     ) -> None:
@@ -370,20 +292,22 @@ class ReportCalls:
 
     def __call__(self) -> float:
         rid, request = self.pending.pop()
-        before = len(self.dataverse.notifications)
+        before = len(self.dataverse.calls)
         start = time.perf_counter()
         response = self.function(request)
         elapsed = time.perf_counter() - start
         assert response.status_code == 200, response.get_body()
         assert response.get_body() == self.expected_body, response.get_body()
-        made = self.dataverse.notifications[before:]
-        assert made == [(rid, "Delivered")], made
+        made = [
+            (action, p["RequestId"], p["Status"]) for action, p in self.dataverse.calls[before:]
+        ]
+        assert made == [(NOTIFY, rid, "Delivered")], made
         self.checked += 1
         return elapsed
 
 
 @contextmanager
-def app_under_test(fakes: Fakes, ledger_dir: Path, messages: int) -> Iterator[ReportCalls]:
+def app_under_test(fake: Fakes, ledger_dir: Path, messages: int) -> Iterator[ReportCalls]:
     """The app, configured for the fakes, with ``messages`` sent and their reports ready.
 
     Messages are sent and reports built beforehand: the host builds requests, and the
@@ -394,10 +318,10 @@ def app_under_test(fakes: Fakes, ledger_dir: Path, messages: int) -> Iterator[Re
 
     use_env(
         channel_env(
-            fakes.twilio.base_url,
+            fake.twilio.base_url,
             str(ledger_dir / "ledger.sqlite3"),
-            DATAVERSE_URL=fakes.dataverse.base_url,
-            IDENTITY_ENDPOINT=fakes.identity.url,
+            DATAVERSE_URL=fake.dataverse.url,
+            IDENTITY_ENDPOINT=fake.identity_url,
             IDENTITY_HEADER=IDENTITY_SECRET,
         )
     )
@@ -405,10 +329,10 @@ def app_under_test(fakes: Fakes, ledger_dir: Path, messages: int) -> Iterator[Re
     try:
         functions = app_functions()
         validator = RequestValidator(AUTH_TOKEN)
-        sent = send_messages(functions["outbound"], fakes.twilio, messages)
+        sent = send_messages(functions["outbound"], fake, messages)
         reports = [(m.request_id, report_request(m, validator)) for m in sent]
         yield ReportCalls(
-            functions["delivery_report"], fakes.dataverse, reports, EMPTY_TWIML.encode()
+            functions["delivery_report"], fake.dataverse, reports, EMPTY_TWIML.encode()
         )
     finally:
         reset_runtime()
@@ -420,8 +344,7 @@ class Result:
 
     report: Stats
     bare: Stats
-    body_sizes: tuple[int, int]
-    """The last notification body of the app and the bare body, in bytes."""
+    bare_body_size: int
 
     @property
     def ratio(self) -> float:
@@ -431,35 +354,24 @@ class Result:
 
 def messages_needed(iterations: int, profile_calls: int) -> int:
     """Reports a run makes: the untimed first, warm-up, measured, breakdown and profile."""
+    from bench.common import warmup_calls
+
     return 1 + warmup_calls(iterations) + iterations + 2 * profile_calls
 
 
-def measure(fakes: Fakes, call_report: ReportCalls, iterations: int) -> Result:
+def measure(fake: Fakes, call_report: ReportCalls, iterations: int, bare_rid: str) -> Result:
     """Median latency of the delivery_report function and of a bare POST, in blocks."""
-    from channel.dataverse import CONNECT_TIMEOUT, READ_TIMEOUT
-
-    dataverse = fakes.dataverse
     # Untimed first call: it fetches the token and WhoAmI, whose token the bare POST reuses.
     call_report()
-    assert len(fakes.identity.issued) == 1, fakes.identity.issued
-    session = requests.Session()
-    url = dataverse.base_url + NOTIFICATION_PATH
-    body = bare_body(dataverse.bare_request_id)
-    headers = {"Authorization": f"Bearer {fakes.identity.issued[0]}", **ODATA_HEADERS}
-
-    def call_bare() -> float:
-        start = time.perf_counter()
-        reply = session.post(
-            url, data=body, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
-        )
-        elapsed = time.perf_counter() - start
-        assert reply.status_code == 204, reply.text
-        return elapsed
-
-    report_times, bare_times = interleave(call_report, call_bare, iterations)
-    session.close()
-    sizes = (dataverse.last_app_body_size, len(body))
-    return Result(Stats.of(report_times), Stats.of(bare_times), sizes)
+    assert len(fake.identity.issued) == 1, fake.identity.issued
+    body = bare_body(bare_rid)
+    headers = {"Authorization": f"Bearer {fake.identity.issued[0]}", **ODATA_HEADERS}
+    bare, close = bare_post(fake.dataverse.url + NOTIFICATION_PATH, 204, data=body, headers=headers)
+    try:
+        report_times, bare_times = interleave(call_report, bare, iterations)
+    finally:
+        close()
+    return Result(Stats.of(report_times), Stats.of(bare_times), len(body))
 
 
 STAGES: tuple[tuple[int, str, str, str], ...] = (
@@ -468,9 +380,7 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
     (0, "adapter", "verify", "channel/providers/twilio.py:TwilioWebhooks.verify"),
     (0, "adapter", "status_reports", "channel/providers/twilio.py:TwilioWebhooks.status_reports"),
     (0, "ledger", "get", "channel/ledger/messages.py:MessageLedger.get"),
-    (0, "ledger", "confirm_sent", "channel/ledger/messages.py:MessageLedger.confirm_sent"),
     (0, "outbox", "put", "channel/ledger/outbox.py:Outbox.put"),
-    (0, "outbox", "claim", "channel/ledger/outbox.py:Outbox.claim"),
     (0, "dataverse", "organization_id", "channel/dataverse.py:DataverseClient.organization_id"),
     (0, "dataverse", "notify", "channel/dataverse.py:DataverseClient.notify"),
     (1, "dataverse", "_send", "channel/dataverse.py:DataverseClient._send"),
@@ -478,12 +388,14 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
     (2, "session", "request", "requests Session.request: the HTTP call itself"),
     (0, "outbox", "forwarded", "channel/ledger/outbox.py:Outbox.forwarded"),
     (0, "adapter", "acknowledge", "channel/providers/twilio.py:TwilioWebhooks.acknowledge"),
-    (0, "http", "_reply", "channel/http.py:_reply"),
     (-1, "store", "get", "channel/ledger/embedded.py:EmbeddedStore.get"),
     (-1, "store", "insert", "channel/ledger/embedded.py:EmbeddedStore.insert"),
-    (-1, "store", "replace", "channel/ledger/embedded.py:EmbeddedStore.replace"),
 )
-"""What :func:`breakdown` times; depth -1: the SQLite calls inside the ledger and outbox rows."""
+"""What :func:`breakdown` times; depth -1: the SQLite calls inside the ledger and outbox rows.
+
+Each must exist on the live runtime (``breakdown`` refuses to start otherwise, naming it)
+and be called by a report (``breakdown`` flags a stage no call went through).
+"""
 
 
 def _timed(function: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
@@ -537,6 +449,11 @@ def breakdown(call: Timed, calls: int) -> None:
         "store": runtime.ledger.store,
     }
     spent: dict[str, list[float]] = {label: [] for *_, label in STAGES}
+    missing = [
+        label for _, owner, attribute, label in STAGES if not hasattr(owners[owner], attribute)
+    ]
+    if missing:
+        raise SystemExit(f"bench.delivery_report: STAGES names what no longer exists: {missing}")
     originals: list[tuple[object, str, Any]] = []
     for _, owner, attribute, label in STAGES:
         original = getattr(owners[owner], attribute)
@@ -566,7 +483,8 @@ def breakdown(call: Timed, calls: int) -> None:
     for depth, _, _, label in STAGES:
         if depth >= 0:
             calls_per = len(spent[label]) / calls
-            print(f"  {ms(label):8.3f}  {calls_per:5.1f}  {'  ' * (depth + 1)}{label}")
+            never = "  (NOT CALLED: a stage of another path?)" if not spent[label] else ""
+            print(f"  {ms(label):8.3f}  {calls_per:5.1f}  {'  ' * (depth + 1)}{label}{never}")
     top = sum(ms(label) for depth, *_, label in STAGES if depth == 0)
     print(
         f"  {total - top:8.3f}  {'':5}    the rest: channel/http.py:delivery_report and "
@@ -658,16 +576,16 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_logging()
     bare_rid = str(uuid.uuid4())
-    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp, fakes(bare_rid) as fake:
-        dataverse, identity = fake.dataverse, fake.identity
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp, fakes() as fake:
+        dataverse = fake.dataverse
         print(
-            f"fake Dataverse at {dataverse.base_url}; fake identity at {identity.url}; "
-            f"fake Twilio at {fake.twilio.base_url}; ledger under {tmp}"
+            f"the tests' fakes: Dataverse at {dataverse.url}; identity at {fake.identity_url}; "
+            f"Twilio at {fake.twilio.base_url}; ledger under {tmp}"
         )
         print(f"\nwarm: {options.iterations} calls of each kind, blocks of {BLOCK}, ABBA")
         messages = messages_needed(options.iterations, options.profile)
         with app_under_test(fake, Path(tmp), messages) as call_report:
-            result = measure(fake, call_report, options.iterations)
+            result = measure(fake, call_report, options.iterations, bare_rid)
             print(result.report.line("delivery report"))
             print(result.bare.line("bare POST"))
             overhead_ms = (result.report.median - result.bare.median) * 1e3
@@ -679,39 +597,35 @@ def main(argv: list[str] | None = None) -> int:
                 breakdown(call_report, options.profile)
                 profile(call_report, options.profile)
 
-        per_rid = Counter(rid for rid, _ in dataverse.notifications)
+        found = counts(fake, bare_rid)
+        app_notes = [p["RequestId"] for _, p in dataverse.calls if p["RequestId"] != bare_rid]
+        per_rid = Counter(app_notes)
         once = sum(1 for n in per_rid.values() if n == 1)
         checked = call_report.checked
-        app_size, bare_size = result.body_sizes
         print(
             f"\ncheck: {checked} report calls (untimed first, warm-up, measured"
             f"{', breakdown, profile' if options.profile else ''}), "
             "each made exactly one notification: "
             f"{'ok' if once == checked == len(per_rid) else 'NO'}"
-            f" ({len(dataverse.notifications)} notifications for {len(per_rid)} RequestIds, "
+            f" ({len(app_notes)} notifications for {len(per_rid)} RequestIds, "
             f"{len(dataverse.rejected)} rejected by the fake)"
         )
         print(
-            f"  bare POSTs: {dataverse.bare_posts}; body {bare_size} bytes "
-            f"(the app's: {app_size} bytes)"
+            f"  bare POSTs: {len(dataverse.calls) - len(app_notes)}; body "
+            f"{result.bare_body_size} bytes (the app's: {found.last_app_body_size} bytes)"
         )
 
         print(f"\ncounts from a fresh runtime (exact at the {PER:,}th event):")
-        tokens = per_thousand(
-            dataverse.tokens_at_per, identity.requests, len(dataverse.notifications)
-        )
-        app_connections = dataverse.app_connections
-        connections = per_thousand(
-            dataverse.connections_at_per, app_connections, dataverse.app_calls
-        )
+        tokens = per_thousand(found.tokens_at_per, found.token_requests, found.notifications)
+        connections = per_thousand(found.connections_at_per, found.app_connections, found.app_calls)
         print(
             f"  token requests per {PER:,} notifications: {tokens}"
-            f"  (all run: {identity.requests} for {len(dataverse.notifications)})"
+            f"  (all run: {found.token_requests} for {found.notifications})"
         )
         print(
             f"  new connections per {PER:,} Dataverse calls: {connections}"
-            f"  (all run: {app_connections} for {dataverse.app_calls} calls, {dataverse.whoami}"
-            f" WhoAmI; the bare session's: {dataverse.connections - app_connections})"
+            f"  (all run: {found.app_connections} for {found.app_calls} calls, {found.whoami}"
+            f" WhoAmI; the bare session's: {found.bare_connections})"
         )
         if dataverse.rejected:
             print(f"  the fake Dataverse rejected: {dataverse.rejected[:3]}")
@@ -723,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"token requests per {PER:,} notifications: {tokens}")
     print(f"new connections per {PER:,} Dataverse calls: {connections}")
+    if once != checked or dataverse.rejected:
+        print("FAILED: a report did not make exactly one accepted notification", file=sys.stderr)
+        return 1
     return missed(("warm delivery report", result.ratio, TARGET))
 
 

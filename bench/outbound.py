@@ -3,18 +3,20 @@
 Two ratios, each against the cheapest thing that could do the same job, so they
 measure our code and not the machine. *Warm*: the median latency of the ``outbound``
 function (called as the host calls it, with an ``azure.functions.HttpRequest``; embedded
-SQLite ledger in a temp dir; provider twilio aimed at a fake Twilio on 127.0.0.1 that
-answers 201 at once; a new RequestId per call) over the median of a bare
+SQLite ledger in a temp dir; provider twilio aimed at the tests' fake Twilio on 127.0.0.1,
+which answers 201 at once; a new RequestId per call) over the median of a bare
 ``requests.Session().post`` of the same form to the same fake. Both run on one keep-alive
 connection to one server, in alternating blocks after a warm-up, so drift cancels out.
 *Cold*: the wall time of a fresh interpreter that imports ``function_app``, indexes it and
 answers one outbound request, over a fresh interpreter that imports ``azure.functions``
 and ``requests`` and makes one bare POST to the same fake, both with their byte-code
 caches written (as on any machine whose sources are writable). Targets: warm <= 1.3,
-cold <= 1.3 (issue 14).
+cold <= 1.3 (issue 14). With ``--table``, also the warm figure with the Table Storage
+ledger on Azurite (no target; its round trips per event are ``bench.table_round_trips``'s
+figure).
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound [--iterations N]
-[--cold-runs N]``.
+[--cold-runs N] [--table]``.
 """
 
 from __future__ import annotations
@@ -30,91 +32,46 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from bench.common import (
     ACCOUNT_SID,
     AUTH_TOKEN,
-    BLOCK,
-    CONNECT_TIMEOUT,
-    READ_TIMEOUT,
     ROOT,
-    FakeTwilioServer,
+    FastServer,
     Stats,
-    app_functions,
+    Warm,
+    bare_post,
     channel_env,
-    fake_twilio,
-    interleave,
+    fast_server,
+    measure_outbound,
     missed,
-    outbound_caller,
     payload_body,
     quiet_logging,
     twilio_form,
-    use_env,
+    twilio_messages_url,
     verdict,
-    warmup_calls,
 )
+from tests.fakes import FakeTwilio
 
 WARM_TARGET = 1.3
 COLD_TARGET = 1.3
 
 
-# -- warm ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WarmResult:
-    """The warm figures: outbound function vs bare POST."""
-
-    outbound: Stats
-    bare: Stats
-    connections: int
-    round_trips_per_send: float | None = None
-    """Ledger round trips per outbound call (Table backend only: it counts them)."""
-
-    @property
-    def ratio(self) -> float:
-        """Outbound median over bare-POST median."""
-        return self.outbound.median / self.bare.median
-
-
-def measure_warm(
-    server: FakeTwilioServer, iterations: int, ledger_dir: Path, **ledger_env: str
-) -> WarmResult:
-    """Median latency of the outbound function and of a bare POST, interleaved in blocks.
+def measure_warm(server: FastServer, iterations: int, ledger_dir: Path, **ledger_env: str) -> Warm:
+    """The warm figure against the fake Twilio on ``server``.
 
     ``ledger_env`` selects another ledger backend (e.g. CHANNEL_STORAGE_CONNECTION).
     """
-    from channel.runtime import get_runtime, reset_runtime
-
-    use_env(channel_env(server.base_url, str(ledger_dir / "warm.sqlite3"), **ledger_env))
-    reset_runtime()
-    outbound = app_functions()["outbound"]
-
-    call_outbound = outbound_caller(outbound, warmup_calls(iterations) + iterations)
-    session = requests.Session()
-    form = twilio_form(str(uuid.uuid4()))
-    auth = (ACCOUNT_SID, AUTH_TOKEN)
-
-    def call_bare() -> float:
-        start = time.perf_counter()
-        reply = session.post(
-            server.messages_url, data=form, auth=auth, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
-        )
-        elapsed = time.perf_counter() - start
-        assert reply.status_code == 201, reply.text
-        return elapsed
-
-    store = get_runtime().ledger.store
-    trips_before = getattr(store, "round_trips", None)
-    app_times, bare_times = interleave(call_outbound, call_bare, iterations)
-    trips_after = getattr(store, "round_trips", None)
-    per_send = None
-    if isinstance(trips_before, int) and isinstance(trips_after, int):
-        per_send = (trips_after - trips_before) / (warmup_calls(iterations) + iterations)
-    session.close()
-    reset_runtime()
-    return WarmResult(Stats.of(app_times), Stats.of(bare_times), server.connections, per_send)
+    env = channel_env(server.base_url, str(ledger_dir / "warm.sqlite3"), **ledger_env)
+    bare, close = bare_post(
+        twilio_messages_url(server.base_url),
+        201,
+        data=twilio_form(str(uuid.uuid4())),
+        auth=(ACCOUNT_SID, AUTH_TOKEN),
+    )
+    try:
+        return measure_outbound(env, bare, iterations)
+    finally:
+        close()
 
 
 # -- cold ------------------------------------------------------------------------------
@@ -176,7 +133,7 @@ def _run_child(args: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def measure_cold(server: FakeTwilioServer, runs: int, ledger_dir: Path) -> ColdResult:
+def measure_cold(server: FastServer, runs: int, ledger_dir: Path) -> ColdResult:
     """Wall time of fresh interpreters, spawn to exit, alternating app and bare."""
     counter = itertools.count()
 
@@ -188,9 +145,8 @@ def measure_cold(server: FakeTwilioServer, runs: int, ledger_dir: Path) -> ColdR
     def bare_run() -> float:
         env = channel_env(server.base_url, str(ledger_dir / f"cold-{next(counter)}" / "unused"))
         form = json.dumps(twilio_form(str(uuid.uuid4())))
-        return _run_child(
-            ["-c", BARE_CHILD, server.messages_url, form, ACCOUNT_SID, AUTH_TOKEN], env
-        )
+        url = twilio_messages_url(server.base_url)
+        return _run_child(["-c", BARE_CHILD, url, form, ACCOUNT_SID, AUTH_TOKEN], env)
 
     # One untimed run of each: byte-code caches and the OS page cache are warm for both.
     app_run()
@@ -227,20 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     table = measure_table(options.iterations) if options.table else None
 
-    with tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp, fake_twilio() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp,
+        fast_server("fake-twilio") as server,
+    ):
+        FakeTwilio(server.as_httpserver()).accept()
         ledger_dir = Path(tmp)
         print(f"fake Twilio at {server.base_url}; ledgers under {ledger_dir}")
-
-        print(f"\nwarm: {options.iterations} calls of each kind, blocks of {BLOCK}, ABBA")
         warm = measure_warm(server, options.iterations, ledger_dir)
-        print(warm.outbound.line("outbound function"))
-        print(warm.bare.line("bare POST"))
-        overhead_ms = (warm.outbound.median - warm.bare.median) * 1e3
-        print(
-            f"  ratio {warm.ratio:.2f} ({verdict(warm.ratio, WARM_TARGET)})"
-            f"  overhead {overhead_ms:.3f} ms/call"
-            f"  (server connections opened: {warm.connections})"
-        )
+        warm.print(WARM_TARGET, server.connections)
 
         print(f"\ncold: {options.cold_runs} fresh processes of each kind, alternating")
         cold = measure_cold(server, options.cold_runs, ledger_dir)
@@ -268,22 +219,22 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"warm outbound, Table:   {table.ratio:.2f}  outbound "
             f"{table.outbound.median * 1e3:.2f} ms / bare POST {table.bare.median * 1e3:.2f} ms"
-            f"  ({table.round_trips_per_send:.2f} Table round trips per send)"
         )
     return missed(
         ("warm outbound", warm.ratio, WARM_TARGET), ("cold start", cold.ratio, COLD_TARGET)
     )
 
 
-def measure_table(iterations: int) -> WarmResult:
+def measure_table(iterations: int) -> Warm:
     """Warm outbound with the Table ledger on Azurite (127.0.0.1), against the bare POST."""
     from tests.azurite import fresh_table_name, table_service
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-table-") as tmp,
-        fake_twilio() as server,
+        fast_server("fake-twilio") as server,
         table_service() as azurite,
     ):
+        FakeTwilio(server.as_httpserver()).accept()
         print(f"warm with the Table ledger (Azurite on port {azurite.port}): {iterations} calls")
         warm = measure_warm(
             server,
@@ -292,8 +243,7 @@ def measure_table(iterations: int) -> WarmResult:
             CHANNEL_STORAGE_CONNECTION=azurite.connection_string,
             CHANNEL_STORAGE_TABLE=fresh_table_name(),
         )
-        print(warm.outbound.line("outbound function"))
-        print(warm.bare.line("bare POST"))
+        warm.print(WARM_TARGET)
         return warm
 
 

@@ -1,202 +1,208 @@
-"""Outbound overhead with Vonage and with Telnyx, warm.
+"""Outbound overhead with each REST provider after Twilio: Vonage, Telnyx, ACS, Sinch, warm.
 
-Two ratios, one per provider: the median latency of the ``outbound`` function (called
-as the host calls it; embedded SQLite ledger in a temp dir; a new RequestId per call)
-over the median of a bare ``requests.Session().post`` of the same request (body and
-headers built once by the adapter beforehand) to the same fake on 127.0.0.1, which
-answers at once. The app's side pays what each adapter adds per message: Vonage's JSON
-body and its application JWT (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body,
-its UUIDv5 Idempotency-Key, and the ledger record of its message id. Alternating blocks
-after a warm-up, so drift cancels out. Target: <= 1.3 each.
+One ratio per provider (``--provider``, all of them by default): the median latency of the
+``outbound`` function (called as the host calls it; embedded SQLite ledger in a temp dir;
+a new RequestId per call) over the median of a bare ``requests.Session().post`` of the
+same request (body and headers built once by the adapter beforehand) to the same fake of
+``tests/`` on 127.0.0.1, which checks it as in the tests and answers at once. The app's
+side pays what each adapter adds per message: Vonage's JSON body and its application JWT
+(reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body, its UUIDv5 Idempotency-Key and
+the ledger record of its message id; ACS's JSON body, its repeatability id and first-sent
+time, the SHA-256 of the body and the HMAC signature; Sinch's JSON batch with its
+client_reference. Alternating blocks after a warm-up,
+so drift cancels out. Target: <= 1.3 each.
 
-Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]``.
+Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]
+[--provider vonage|telnyx|acs|sinch ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import itertools
 import json
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from bench.common import (
-    BLOCK,
-    CONNECT_TIMEOUT,
-    READ_TIMEOUT,
-    FakeServer,
-    FastHandler,
-    Stats,
-    app_functions,
+    FastServer,
+    bare_post,
     channel_env,
-    interleave,
+    fast_server,
+    measure_outbound,
     missed,
-    outbound_caller,
     quiet_logging,
-    serving,
     use_env,
-    verdict,
-    warmup_calls,
 )
-from tests.data import RECIPIENT, SENDER_E164, TEXT
+from tests.data import (
+    ACS_ACCESS_KEY,
+    RECIPIENT,
+    SENDER_E164,
+    SINCH_API_TOKEN,
+    SINCH_SERVICE_PLAN_ID,
+    TELNYX_API_KEY,
+    TEXT,
+    VONAGE_APPLICATION_ID,
+    VONAGE_SIGNATURE_SECRET,
+)
 
 WARM_TARGET = 1.3
-APPLICATION_ID = "5f2b8c4e-1a3d-4e6f-9b7a-0c8d2e4f6a1b"
-API_KEY = "KEY-bench-telnyx"
-
-
-class FakeNextServer(FakeServer):
-    """Vonage's ``/v1/messages`` and Telnyx's ``/v2/messages`` at their fastest answers."""
-
-    def __init__(self) -> None:
-        super().__init__(_FakeNextHandler)
-        self.posts = itertools.count(1)
-
-
-class _FakeNextHandler(FastHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        server = cast(FakeNextServer, self.server)
-        json.loads(self.read_body())
-        message_id = f"{next(server.posts):032x}"
-        if self.path == "/v1/messages" and self.headers["Authorization"].startswith("Bearer ey"):
-            self.answer(202, json.dumps({"message_uuid": message_id}).encode())
-        elif self.path == "/v2/messages" and self.headers["Authorization"] == f"Bearer {API_KEY}":
-            self.answer(200, json.dumps({"data": {"id": message_id}}).encode())
-        else:
-            self.answer(401, b"{}")
+PROVIDERS = ("vonage", "telnyx", "acs", "sinch")
 
 
 def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, str]:
-    """The process environment with the channel sending through ``provider``."""
+    """The process environment with the channel sending through ``provider`` at ``base_url``."""
+    from tests.fake_telnyx import PUBLIC_KEY
+    from tests.fake_vonage import PRIVATE_KEY_PEM
+
     env = channel_env(base_url, ledger_path)
     for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_BASE_URL"):
         env.pop(name, None)
+    env["CHANNEL_PROVIDER"] = provider
     if provider == "vonage":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
         env.update(
-            CHANNEL_PROVIDER="vonage",
-            VONAGE_APPLICATION_ID=APPLICATION_ID,
-            VONAGE_PRIVATE_KEY=pem,
-            VONAGE_SIGNATURE_SECRET="bench-signature-secret-of-32-bytes",  # noqa: S106
+            VONAGE_APPLICATION_ID=VONAGE_APPLICATION_ID,
+            VONAGE_PRIVATE_KEY=PRIVATE_KEY_PEM,
+            VONAGE_SIGNATURE_SECRET=VONAGE_SIGNATURE_SECRET,
             VONAGE_BASE_URL=base_url,
         )
-    else:
-        public = ed25519.Ed25519PrivateKey.generate().public_key()
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    elif provider == "telnyx":
         env.update(
-            CHANNEL_PROVIDER="telnyx",
-            TELNYX_API_KEY=API_KEY,
-            TELNYX_PUBLIC_KEY=base64.b64encode(raw).decode(),
-            TELNYX_BASE_URL=base_url,
+            TELNYX_API_KEY=TELNYX_API_KEY, TELNYX_PUBLIC_KEY=PUBLIC_KEY, TELNYX_BASE_URL=base_url
         )
+    elif provider == "sinch":
+        env.update(
+            SINCH_SERVICE_PLAN_ID=SINCH_SERVICE_PLAN_ID,
+            SINCH_API_TOKEN=SINCH_API_TOKEN,
+            SINCH_BASE_URL=base_url,
+        )
+    else:
+        env.update(ACS_ENDPOINT=base_url, ACS_ACCESS_KEY=ACS_ACCESS_KEY)
     return env
 
 
+def serve_fake(provider: str, server: FastServer) -> tuple[Any, int]:
+    """Put the tests' fake of ``provider`` on ``server``: the fake and its success status.
+
+    Each fake lists in ``rejected`` what broke its checks (signature, JWT, API key).
+    """
+    if provider == "vonage":
+        from tests.fake_vonage import FakeVonage
+
+        return FakeVonage(server.as_httpserver()), 202
+    if provider == "telnyx":
+        from tests.fake_telnyx import FakeTelnyx
+
+        return FakeTelnyx(server.as_httpserver()), 200
+    if provider == "sinch":
+        from tests.fake_sinch import FakeSinch
+
+        return FakeSinch(server.as_httpserver()), 201
+    from tests.fakes import FakeAcs
+
+    return FakeAcs(server.as_httpserver(), key=base64.b64decode(ACS_ACCESS_KEY)), 202
+
+
 def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
-    """The path, body and headers the adapter sends for one message, built once."""
+    """The query, body and headers the adapter sends for one message, built once.
+
+    Reads the settings :func:`provider_env` put in the environment.
+    """
     from channel.config import Settings
-    from channel.providers import telnyx, vonage
+    from channel.providers import acs, telnyx, vonage
     from channel.providers.base import OutboundSms
 
     settings = Settings.from_env()
     sms = OutboundSms(RECIPIENT, SENDER_E164, TEXT, str(uuid.uuid4()), None)
+    session = requests.Session()
     if provider == "vonage":
-        sender = vonage.sender(
-            vonage.SPEC.settings_in(settings), settings, requests.Session(), None
-        )
-        body = json.dumps(sender.body(sms)).encode()
+        own = vonage.SPEC.settings_in(settings)
+        body = json.dumps(vonage.sender(own, settings, session, None).body(sms)).encode()
+        token = vonage.ApplicationToken(VONAGE_APPLICATION_ID, own.private_key or "")()
         headers = {
-            "Authorization": "Bearer "
-            + vonage.ApplicationToken(
-                APPLICATION_ID, vonage.SPEC.settings_in(settings).private_key or ""
-            )(),
+            "Authorization": f"Bearer {token}",
             "Accept": "application/json",
             "Content-Type": "application/json",
         }
-        return "/v1/messages", body, headers
-    telnyx_sender = telnyx.sender(
-        telnyx.SPEC.settings_in(settings), settings, requests.Session(), None
+        return "", body, headers
+    if provider == "telnyx":
+        telnyx_sender = telnyx.sender(telnyx.SPEC.settings_in(settings), settings, session, None)
+        headers = {
+            "Authorization": f"Bearer {TELNYX_API_KEY}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Idempotency-Key": telnyx.idempotency_key(sms.correlation),
+        }
+        return "", telnyx_sender.body(sms), headers
+    if provider == "sinch":
+        from channel.providers import sinch
+
+        sinch_sender = sinch.sender(sinch.SPEC.settings_in(settings), settings, session, None)
+        headers = {
+            "Authorization": f"Bearer {SINCH_API_TOKEN}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        return "", sinch_sender.body(sms), headers
+    own_acs = acs.SPEC.settings_in(settings)
+    provider_acs = acs.AcsProvider(
+        endpoint=str(own_acs.endpoint),
+        session=session,
+        access_key=base64.b64decode(ACS_ACCESS_KEY),
     )
-    headers = {
-        "Authorization": f"Bearer {API_KEY}",
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "Idempotency-Key": telnyx.idempotency_key(sms.correlation),
-    }
-    return "/v2/messages", telnyx_sender.body(sms), headers
+    body = provider_acs.body(sms)
+    return f"?api-version={acs.API_VERSION}", body, provider_acs.headers(body)
 
 
-def measure(provider: str, server: FakeNextServer, tmp: str, iterations: int) -> float:
+def measure(provider: str, tmp: str, iterations: int) -> float:
     """The warm ratio of one provider, printed with its medians."""
     from channel.runtime import reset_runtime
 
-    use_env(provider_env(provider, server.base_url, str(Path(tmp) / f"{provider}.sqlite3")))
-    reset_runtime()
-    outbound = app_functions()["outbound"]
-    call_outbound = outbound_caller(outbound, warmup_calls(iterations) + iterations)
-    session = requests.Session()
-    path, body, headers = bare_request(provider)
-    url = server.base_url + path
-
-    def call_bare() -> float:
-        start = time.perf_counter()
-        reply = session.post(
-            url, data=body, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
-        )
-        elapsed = time.perf_counter() - start
-        assert reply.status_code < 300, reply.text
-        return elapsed
-
-    timed: Callable[[], float] = call_outbound
-    print(f"\n{provider}, warm: {iterations} calls of each kind, blocks of {BLOCK}, ABBA")
-    app_times, bare_times = interleave(timed, call_bare, iterations)
-    session.close()
-    reset_runtime()
-    app, bare = Stats.of(app_times), Stats.of(bare_times)
-    print(app.line("outbound function"))
-    print(bare.line("bare POST"))
-    ratio = app.median / bare.median
+    with fast_server(f"fake-{provider}") as server:
+        fake, status = serve_fake(provider, server)
+        env = provider_env(provider, server.base_url, str(Path(tmp) / f"{provider}.sqlite3"))
+        use_env(env)
+        reset_runtime()
+        query, body, headers = bare_request(provider)
+        url = server.base_url + fake.path + query
+        bare, close = bare_post(url, status, data=body, headers=headers)
+        print(f"\n{provider}: the tests' fake at {server.base_url}{fake.path}")
+        try:
+            warm = measure_outbound(env, bare, iterations)
+        finally:
+            close()
+        assert not fake.rejected, fake.rejected[:3]
+        warm.print(WARM_TARGET, server.connections)
     print(
-        f"  ratio {ratio:.2f} ({verdict(ratio, WARM_TARGET)})  overhead "
-        f"{(app.median - bare.median) * 1e3:.3f} ms/call"
+        f"warm outbound overhead ({provider}): {warm.ratio:.2f} (target <= {WARM_TARGET})  "
+        f"outbound {warm.outbound.median * 1e3:.2f} ms / bare POST {warm.bare.median * 1e3:.2f} ms"
     )
-    print(
-        f"warm outbound overhead ({provider}): {ratio:.2f} (target <= {WARM_TARGET})  "
-        f"outbound {app.median * 1e3:.2f} ms / bare POST {bare.median * 1e3:.2f} ms"
-    )
-    return ratio
+    return warm.ratio
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print both warm figures (exit status 1 when a target is missed)."""
+    """Measure and print each provider's warm figure (exit status 1 when a target is missed)."""
     parser = argparse.ArgumentParser(prog="python -m bench.outbound_next", description=__doc__)
     parser.add_argument("--iterations", type=int, default=600, help="warm calls of each kind")
+    parser.add_argument(
+        "--provider",
+        action="append",
+        choices=PROVIDERS,
+        help="measure this provider (repeatable; all of them by default)",
+    )
     options = parser.parse_args(argv)
     if options.iterations < 2:
         parser.error("--iterations must be >= 2")
     quiet_logging()
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-outbound-next-") as tmp,
-        serving(FakeNextServer(), "fake-vonage-telnyx") as server,
-    ):
+    with tempfile.TemporaryDirectory(prefix="bench-outbound-next-") as tmp:
         figures = [
-            (f"warm outbound ({name})", measure(name, server, tmp, options.iterations), WARM_TARGET)
-            for name in ("vonage", "telnyx")
+            (f"warm outbound ({name})", measure(name, tmp, options.iterations), WARM_TARGET)
+            for name in options.provider or PROVIDERS
         ]
     return missed(*figures)
 

@@ -7,10 +7,15 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from channel.routing import Routes, parse_routes
+
+if TYPE_CHECKING:
+    from channel.providers.base import OwnSettings
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
@@ -60,8 +65,15 @@ class Settings:
     dataverse_organization_id: str | None = None
     azure_client_id: str | None = None
     providers: Mapping[str, Any] = field(default_factory=dict)
-    """Each provider's typed settings by provider id (secrets kept out of their reprs):
-    a ProviderSettings, which reads those of a provider not in use when first asked."""
+    """Each provider's typed settings by provider id (secrets kept out of their reprs);
+    read when first asked for, unless the provider is in use (see ProviderSettings)."""
+    route_table: Routes | None = None
+    """CHANNEL_ROUTES as read; None means none (see ``routes``)."""
+    provider_problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each provider's problems by id; those of the providers in use are in ``problems``."""
+    ambiguous_grace_by_provider: Mapping[str, float] = field(default_factory=dict)
+    """The grace of each provider in use: its own, unless CHANNEL_AMBIGUOUS_GRACE_SECONDS
+    sets one for all (``ambiguous_grace_seconds`` is CHANNEL_PROVIDER's)."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -69,6 +81,26 @@ class Settings:
     def ledger_kind(self) -> str:
         """Which ledger backend the settings select."""
         return "table" if self.storage_connection or self.storage_url else "embedded"
+
+    @property
+    def routes(self) -> Routes:
+        """Which provider sends what: CHANNEL_ROUTES over CHANNEL_PROVIDER."""
+        if self.route_table is not None:
+            return self.route_table
+        return Routes(default=self.provider, region=self.default_region)
+
+    @property
+    def providers_in_use(self) -> tuple[str, ...]:
+        """The providers this app sends through (see ``providers_in_use``)."""
+        return providers_in_use(self.routes)
+
+    def provider_configured(self, provider_id: str) -> bool:
+        """True for a provider in use whose own settings have no problem."""
+        return provider_id in self.providers_in_use and not self.provider_problems.get(provider_id)
+
+    def ambiguous_grace_for(self, provider_id: str) -> float:
+        """How long an unknown outcome of a send through ``provider_id`` blocks a new one."""
+        return self.ambiguous_grace_by_provider.get(provider_id, self.ambiguous_grace_seconds)
 
     @property
     def dataverse_dev_mode(self) -> bool:
@@ -105,7 +137,7 @@ class SettingsReader:
         return _clean(self.env.get(name))
 
     def read(self) -> Settings:
-        """Every setting, the chosen provider's problems and notes among them."""
+        """Every setting, the problems and notes of the providers in use among them."""
         # Imported here, not at the top: channel.providers and its modules import config.
         from channel.providers import PROVIDER_IDS, spec
 
@@ -138,16 +170,36 @@ class SettingsReader:
             "dataverse_organization_id": self._guid("DATAVERSE_ORGANIZATION_ID"),
             "azure_client_id": self.get("AZURE_CLIENT_ID"),
         }
-        # The settings of the providers in use are read now, and their problems and
-        # notes count; any other provider's are read when its webhook is first called
-        # (a cold start imports and reads only what it sends through).
-        read: dict[str, Any] = {}
-        for provider_id in providers_in_use(provider):
-            own = spec(provider_id).read_settings(self)
-            read[provider_id] = own.values
-            self.problems.extend(own.problems)
-            self.notes.extend(own.notes)
-        values["providers"] = ProviderSettings(self.env, read)
+        routes, routing_problems = parse_routes(
+            self.get("CHANNEL_ROUTES"),
+            default=provider,
+            known=PROVIDER_IDS,
+            region=str(values["default_region"]),
+        )
+        self.problems.extend(routing_problems)
+        values["route_table"] = routes
+        in_use = providers_in_use(routes)
+        # Each provider keeps its own grace; an operator's CHANNEL_AMBIGUOUS_GRACE_SECONDS
+        # holds for all of them.
+        explicit = self.get("CHANNEL_AMBIGUOUS_GRACE_SECONDS") is not None
+        values["ambiguous_grace_by_provider"] = {
+            provider_id: values["ambiguous_grace_seconds"]
+            if explicit
+            else spec(provider_id).ambiguous_grace_seconds
+            for provider_id in in_use
+        }
+        # Every provider has settings (any provider's webhooks may be called), but only
+        # those in use are read now, and only their problems and notes count; any other
+        # provider's are read when first needed (its webhook, a retry recorded under it),
+        # so a cold start imports the provider modules it sends through and no other.
+        owns = OwnSettingsByProvider(
+            self.env, {provider_id: spec(provider_id).read_settings(self) for provider_id in in_use}
+        )
+        values["providers"] = ProviderSettings(owns, lambda own: own.values)
+        values["provider_problems"] = ProviderSettings(owns, lambda own: own.problems)
+        for provider_id in in_use:
+            self.problems.extend(p for p in owns[provider_id].problems if p not in self.problems)
+            self.notes.extend(n for n in owns[provider_id].notes if n not in self.notes)
         settings = Settings(**values)  # type: ignore[arg-type]
         self._check_environment(settings)
         return replace(settings, problems=tuple(self.problems), notes=tuple(self.notes))
@@ -269,44 +321,62 @@ class SettingsReader:
             self.notes.append("DATAVERSE_URL not set: Dataverse calls are written to the log")
 
 
-def providers_in_use(provider: str) -> tuple[str, ...]:
-    """The providers this process sends through: ``CHANNEL_PROVIDER``'s, if it names one.
+def providers_in_use(routes: Routes) -> tuple[str, ...]:
+    """The known providers the app sends through: CHANNEL_PROVIDER, then the routes' ones.
 
-    Their settings are read with the rest and their problems make the channel
-    unavailable (health 503); other providers' settings are read only when needed.
+    The one answer to "which providers are in use" (their settings are checked, their
+    adapters may be built); an unknown id is a problem reported elsewhere, never in use.
     """
     from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
 
-    return (provider,) if provider in PROVIDER_IDS else ()
+    return tuple(provider_id for provider_id in routes.in_use if provider_id in PROVIDER_IDS)
 
 
-class ProviderSettings(Mapping[str, Any]):
-    """Each provider's own settings by id: those in use as read, any other on first access.
+class OwnSettingsByProvider:
+    """Each provider's own settings as read (values, problems, notes), read once, when asked.
 
-    A provider's webhooks may be called whichever provider sends, so every provider has
-    settings; reading one imports its module, which a process that never hears from it
-    need not pay for. Problems of a provider not in use do not count (see read()).
+    Reading a provider's settings imports its module: a process that never hears from
+    a provider does not pay for it.
     """
 
-    def __init__(self, environ: Mapping[str, str], read: Mapping[str, Any]) -> None:
+    def __init__(self, environ: Mapping[str, str], read: Mapping[str, OwnSettings[Any]]) -> None:
         self._environ = environ
-        self._values = dict(read)
+        self._owns = dict(read)
         self._lock = threading.Lock()
 
-    def __getitem__(self, provider_id: str) -> Any:
-        try:
-            return self._values[provider_id]
-        except KeyError:
-            pass
+    def __getitem__(self, provider_id: str) -> OwnSettings[Any]:
+        """``provider_id``'s own settings; KeyError for an id that names no provider."""
+        own = self._owns.get(provider_id)
+        if own is not None:
+            return own
         from channel.providers import PROVIDER_IDS, spec  # see SettingsReader.read()
 
         if provider_id not in PROVIDER_IDS:
             raise KeyError(provider_id)
         with self._lock:
-            if provider_id not in self._values:
-                own = spec(provider_id).read_settings(SettingsReader(self._environ))
-                self._values[provider_id] = own.values
-            return self._values[provider_id]
+            own = self._owns.get(provider_id)
+            if own is None:
+                own = self._owns[provider_id] = spec(provider_id).read_settings(
+                    SettingsReader(self._environ)
+                )
+        return own
+
+    def read_ids(self) -> list[str]:
+        """The providers whose settings were read so far."""
+        return list(self._owns)
+
+
+class ProviderSettings(Mapping[str, Any]):
+    """One part (values, problems) of every provider's own settings, by provider id."""
+
+    def __init__(
+        self, owns: OwnSettingsByProvider, part: Callable[[OwnSettings[Any]], Any]
+    ) -> None:
+        self._owns = owns
+        self._part = part
+
+    def __getitem__(self, provider_id: str) -> Any:
+        return self._part(self._owns[provider_id])
 
     def __iter__(self) -> Iterator[str]:
         from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
@@ -319,8 +389,9 @@ class ProviderSettings(Mapping[str, Any]):
         return len(PROVIDER_IDS)
 
     def __repr__(self) -> str:
-        # Only what was read: reading to show would import every provider.
-        return f"{type(self).__name__}({self._values!r})"
+        # Only what was read: reading every provider to show them would import them all.
+        read = {provider_id: self[provider_id] for provider_id in self._owns.read_ids()}
+        return f"{type(self).__name__}({read!r})"
 
 
 def is_guid(value: str) -> bool:

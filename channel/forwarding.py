@@ -35,13 +35,18 @@ class TimerRun:
     """Replies that still wait for a channel definition."""
     scanned: int = 0
     """Records retention examined."""
+    pending: int = 0
+    """Outbox items pending when the run began."""
+    dead: int = 0
+    """Outbox items dead when the run began (each needs an operator)."""
 
 
 def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
     """Forward due outbox items oldest first (bounded), then remove expired records."""
     budget = Budget(RUN_BUDGET_SECONDS)
     forwarded = failed = waiting = 0
-    for key in service.outbox.due(FORWARD_BATCH):
+    survey = service.outbox.survey(FORWARD_BATCH)
+    for key in survey.due:
         if not budget.allows(5.0):
             break
         lease = service.outbox.claim(key)
@@ -85,7 +90,15 @@ def run_timer(service: WebhookService, *, retention_days: float) -> TimerRun:
             failed,
             swept.removed,
         )
-    return TimerRun(forwarded, failed, swept.removed, waiting=waiting, scanned=swept.scanned)
+    return TimerRun(
+        forwarded,
+        failed,
+        swept.removed,
+        waiting=waiting,
+        scanned=swept.scanned,
+        pending=survey.stats.pending,
+        dead=survey.stats.dead,
+    )
 
 
 def forward_pending() -> TimerRun | None:
@@ -104,6 +117,12 @@ def forward_pending() -> TimerRun | None:
                 telemetry.FAILED: run.failed,
                 telemetry.WAITING: run.waiting,
                 telemetry.REMOVED: run.removed,
+                telemetry.PENDING: run.pending,
+                telemetry.DEAD: run.dead,
             }
         )
+    # Gauges from the scan the run made anyway: no read of the outbox per request.
+    kind = {telemetry.LEDGER_KIND: runtime.settings.ledger_kind}
+    telemetry.measure(telemetry.OUTBOX_PENDING, run.pending, kind)
+    telemetry.measure(telemetry.OUTBOX_DEAD, run.dead, kind)
     return run

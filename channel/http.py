@@ -212,6 +212,20 @@ def health_report(settings: Settings) -> dict[str, object]:
     return {
         "status": "unavailable" if settings.problems else "ok",
         "provider": settings.provider,
+        # Every provider sending for this app (CHANNEL_PROVIDER and CHANNEL_ROUTES') and
+        # each route: whether its provider's settings are complete.
+        "providers": {
+            provider_id: settings.provider_configured(provider_id)
+            for provider_id in settings.providers_in_use
+        },
+        "routes": [
+            {
+                route.kind: route.shown(),
+                "provider": route.provider,
+                "configured": settings.provider_configured(route.provider),
+            }
+            for route in settings.routes.entries
+        ],
         "ledger": settings.ledger_kind,
         "dataverse": {
             "configured": settings.dataverse_url is not None,

@@ -1,9 +1,12 @@
-"""Logging policy: library chatter kept at WARNING so nothing sensitive leaks through it."""
+"""Logging policy: library chatter kept at WARNING, and each record's call as dimensions."""
 
 from __future__ import annotations
 
 import logging
 import traceback
+from typing import Any
+
+from channel import telemetry
 
 # urllib3 logs every connection at DEBUG and azure-core logs request headers at INFO;
 # neither belongs in an operator's log, and headers can carry keys.
@@ -20,6 +23,31 @@ def quiet_libraries() -> None:
     """Hold the HTTP libraries' loggers at WARNING."""
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def add_dimensions() -> None:
+    """Give every log record made inside a call its RequestId, provider, outcome, ...
+
+    They become attributes of the record (``sms.request_id``, ``sms.provider``,
+    ``sms.outcome``: the span attributes' names and guard), which the OpenTelemetry
+    logging handler the worker installs exports as custom dimensions, so an operator can
+    filter logs by them rather than parse the text. Without telemetry installed nothing
+    is added. Installed once per process, over whatever factory came before. A log call
+    must not pass these names in ``extra`` (logging refuses to overwrite them).
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "adds_dimensions", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        dimensions = telemetry.dimensions()
+        if dimensions:
+            record.__dict__.update(dimensions)
+        return record
+
+    factory.adds_dimensions = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> None:

@@ -59,8 +59,19 @@ class Runtime:
 
     @property
     def provider(self) -> Provider:
-        """The outbound provider adapter."""
-        return self._once("provider", self._new_provider)  # type: ignore[no-any-return]
+        """The outbound adapter of CHANNEL_PROVIDER."""
+        return self.provider_for(self.settings.provider)
+
+    def provider_for(self, provider_id: str) -> Provider:
+        """The outbound adapter of ``provider_id`` (CHANNEL_ROUTES), built once.
+
+        Every adapter shares the one HTTP session and credential. NotConfigured when the
+        provider's own settings have problems (it may be one a request was first sent
+        through, no longer in use).
+        """
+        return self._once(  # type: ignore[no-any-return]
+            f"provider:{provider_id}", lambda: self._new_provider(provider_id)
+        )
 
     @property
     def outbox(self) -> Outbox:
@@ -89,7 +100,10 @@ class Runtime:
         """The outbound use case, wired."""
         self.require_configured()
         return self._once(  # type: ignore[no-any-return]
-            "outbound", lambda: OutboundService(self.settings, self.provider, self.ledger)
+            "outbound",
+            lambda: OutboundService(
+                self.settings, self.provider, self.ledger, providers=self.provider_for
+            ),
         )
 
     def close(self) -> None:
@@ -147,6 +161,7 @@ class Runtime:
             store,
             lease_seconds=self.settings.budget_seconds + LEASE_MARGIN_SECONDS,
             ambiguous_grace_seconds=self.settings.ambiguous_grace_seconds,
+            grace_by_provider=self.settings.ambiguous_grace_by_provider,
         )
 
     def _new_outbox(self) -> Outbox:
@@ -155,9 +170,14 @@ class Runtime:
 
         return Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10)
 
-    def _new_provider(self) -> Provider:
+    def _new_provider(self, provider_id: str) -> Provider:
+        problems = self.settings.provider_problems.get(provider_id)
+        if problems:
+            raise NotConfigured(list(problems))
         try:
-            return build_provider(self.settings, self.session, tokens=lambda: self.tokens)
+            return build_provider(
+                self.settings, self.session, tokens=lambda: self.tokens, provider_id=provider_id
+            )
         except ChannelError as exc:  # e.g. a provider of the SPEC not built yet
             raise NotConfigured([exc.detail]) from None
 

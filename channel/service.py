@@ -14,6 +14,7 @@ from channel.config import Settings
 from channel.contracts import OutboundPayload, OutboundResponse
 from channel.errors import (
     BadRequest,
+    NotConfigured,
     ProviderUnavailable,
     RequestConflict,
     SendAmbiguous,
@@ -47,7 +48,7 @@ STORE_WRITE_SECONDS = 0.1
 
 
 class OutboundService:
-    """Sends outbound payloads exactly once per RequestId."""
+    """Sends outbound payloads exactly once per RequestId, each through its route's provider."""
 
     def __init__(
         self,
@@ -56,9 +57,13 @@ class OutboundService:
         ledger: MessageLedger,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        providers: Callable[[str], Provider] | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
+        """CHANNEL_PROVIDER's adapter."""
+        self.providers = providers
+        """The adapter of any other provider id (CHANNEL_ROUTES), built on first use."""
         self.ledger = ledger
         self.sleep = sleep
         self._unrecorded: dict[str, tuple[Claim, OutboundResponse]] = {}
@@ -89,26 +94,32 @@ class OutboundService:
                 )
             log.info("request %s: recording the answer the ledger could not take before", rid)
             return self._record(payload, kept, response, budget)
+        routed = self.settings.routes.provider_for(payload.ChannelDefinitionId, payload.From)
         claim = self.ledger.begin(
             rid,
             content,
             channel_definition_id=payload.ChannelDefinitionId,
             sender=payload.From,
-            provider=self.provider.id,
+            provider=routed,
         )
         if isinstance(claim, Completed):
+            # counted apart from first answers
+            telemetry.note({telemetry.REPLAYED: True, telemetry.OUTCOME: claim.response.Status})
             log.info("request %s answered from the ledger: %s", rid, claim.response.Status)
-            telemetry.note({telemetry.REPLAYED: True})  # counted apart from first answers
             return claim.response
         try:
-            prepared = self._prepare(payload, text, claim.record.get("first_attempt_at"))
+            # The provider the first call chose: a retry after a route changed must not
+            # reach a second provider (which could not dedupe it) with the same message.
+            provider = self._adapter(str(claim.record.get("provider") or routed), routed)
+            telemetry.note({telemetry.PROVIDER: provider.id})
+            prepared = self._prepare(payload, provider, text, claim)
         except BaseException:
             self.ledger.release(rid)  # nothing left this process: a retry may claim again
             raise
         if isinstance(prepared, OutboundResponse):
             return self._record(payload, claim, prepared, budget)
         try:
-            response = self._submit(payload, prepared, budget)
+            response = self._submit(payload, provider, prepared, budget)
         except Unsendable as exc:
             self.ledger.release(rid)  # the request was never built, so never sent
             if exc.field is None:
@@ -175,10 +186,30 @@ class OutboundService:
         with self._unrecorded_lock:
             self._unrecorded.pop(rid, None)
         if answer.Status == "Sent":
-            self._remember_sender(payload)
+            self._remember_sender(payload, str(claim.record.get("provider") or self.provider.id))
         return answer
 
-    def _remember_sender(self, payload: OutboundPayload) -> None:
+    def _adapter(self, provider_id: str, routed: str) -> Provider:
+        """The adapter of ``provider_id``; NotConfigured when it cannot be built."""
+        if provider_id == self.provider.id:
+            return self.provider
+        try:
+            if self.providers is None:
+                raise NotConfigured([f"no adapter for provider '{provider_id}' in this process"])
+            return self.providers(provider_id)
+        except NotConfigured as exc:
+            if provider_id == routed:
+                raise
+            # Sending it through the provider routed now could send it twice.
+            raise NotConfigured(
+                [
+                    f"this RequestId was first sent through {provider_id}, whose settings are "
+                    "needed to finish it (its route has changed since)",
+                    *exc.problems,
+                ]
+            ) from None
+
+    def _remember_sender(self, payload: OutboundPayload, provider: str) -> None:
         """Learn our number's Dataverse form, so replies to it can be routed back.
 
         Best effort, after the answer is stored: a ledger hiccup here must not turn a
@@ -188,30 +219,35 @@ class OutboundService:
         if number is None:
             return
         try:
-            self.ledger.remember_sender(number, payload.From, payload.ChannelDefinitionId)
+            self.ledger.remember_sender(
+                number, payload.From, payload.ChannelDefinitionId, provider=provider
+            )
         except Exception as exc:
             log.warning("could not remember sender %s: %s", mask(number), type(exc).__name__)
 
     def _prepare(
-        self, payload: OutboundPayload, text: str, first_attempt_at: float | None
+        self, payload: OutboundPayload, provider: Provider, text: str, claim: Claim
     ) -> OutboundSms | OutboundResponse:
         """The SMS for the provider, or a NotSent answer the app can give beforehand."""
         rid = payload.RequestId
+        first_attempt_at = claim.record.get("first_attempt_at")
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
+            # Noted before the log line, so the record carries them as dimensions too.
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "invalid_recipient"})
             log.info(
                 "request %s NotSent: recipient %s is not a valid number", rid, mask(payload.To)
             )
-            telemetry.note({telemetry.REASON: "invalid_recipient"})
             return _answer(payload, "NotSent", None)
         if not text.strip():
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "empty_text"})
             log.info("request %s NotSent: the message text is empty", rid)
-            telemetry.note({telemetry.REASON: "empty_text"})
             return _answer(payload, "NotSent", None)
         parts = segments(text)
         telemetry.note({telemetry.SEGMENTS: parts.count, telemetry.ENCODING: parts.encoding})
         limit = self.settings.max_segments
         if limit is not None and parts.count > limit:
+            telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "too_many_segments"})
             log.info(
                 "request %s NotSent: the text needs %d %s segments; CHANNEL_MAX_SEGMENTS is %d",
                 rid,
@@ -219,39 +255,40 @@ class OutboundService:
                 parts.encoding,
                 limit,
             )
-            telemetry.note({telemetry.REASON: "too_many_segments"})
             return _answer(payload, "NotSent", None)
         # What the provider will bill, known before its invoice.
         telemetry.record(
             telemetry.SEGMENT_COUNT,
             parts.count,
-            {telemetry.PROVIDER: self.provider.id, telemetry.ENCODING: parts.encoding},
+            {telemetry.PROVIDER: provider.id, telemetry.ENCODING: parts.encoding},
         )
         return OutboundSms(
             to=to,
             sender=sender_for_provider(payload.From, self.settings.default_region),
             text=text,
             correlation=rid,
-            status_callback_url=self.settings.status_callback_url(self.provider.id),
+            status_callback_url=self.settings.status_callback_url(provider.id),
             # The ledger's: the same for every attempt that may repeat an earlier one.
             first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
+            maybe_sent_before=claim.attempt > 1,
         )
 
     def _submit(
-        self, payload: OutboundPayload, sms: OutboundSms, budget: Budget
+        self, payload: OutboundPayload, provider: Provider, sms: OutboundSms, budget: Budget
     ) -> OutboundResponse:
         rid = payload.RequestId
-        outcome = self._send_with_retries(sms, budget)
+        outcome = self._send_with_retries(provider, sms, budget)
         if isinstance(outcome, Accepted):
             if outcome.correlated_by_id:
-                self._remember_message(rid, outcome.message_id)
+                self._remember_message(provider.id, rid, outcome.message_id)
+            telemetry.note({telemetry.OUTCOME: "Sent", telemetry.MESSAGE_ID: outcome.message_id})
             log.info("request %s Sent as %s", rid, outcome.message_id)
             return _answer(payload, "Sent", outcome.message_id)
+        telemetry.note({telemetry.OUTCOME: "NotSent", telemetry.REASON: "provider_rejected"})
         log.info("request %s NotSent: provider code %s", rid, outcome.code)
-        telemetry.note({telemetry.REASON: "provider_rejected"})
         return _answer(payload, "NotSent", None)
 
-    def _remember_message(self, rid: str, message_id: str) -> None:
+    def _remember_message(self, provider: str, rid: str, message_id: str) -> None:
         """Record which RequestId the provider's message id belongs to, before answering.
 
         Its reports will name nothing else. If the record cannot be written, the send is
@@ -259,15 +296,17 @@ class OutboundService:
         idempotency key, gets the same id back and records it then.
         """
         try:
-            self.ledger.remember_message(self.provider.id, message_id, rid)
+            self.ledger.remember_message(provider, message_id, rid)
         except Exception as exc:
             log.warning("request %s: could not record message %s", rid, message_id)
             raise SendAmbiguous(
                 "the message was sent but its id could not be recorded; retry later",
-                retry_after=max(1, int(self.ledger.grace_seconds) + 1),
+                retry_after=max(1, int(self.ledger.grace_for(provider)) + 1),
             ) from exc
 
-    def _send_with_retries(self, sms: OutboundSms, budget: Budget) -> SendOutcome:
+    def _send_with_retries(
+        self, provider: Provider, sms: OutboundSms, budget: Budget
+    ) -> SendOutcome:
         """Retry what provably did not send, and what the provider dedupes; nothing else.
 
         Throttling and refused connections left nothing at the provider; a SafeToRepeat
@@ -283,10 +322,10 @@ class OutboundService:
                     "provider.send",
                     telemetry.PROVIDER_DURATION,
                     telemetry.PROVIDER_KEYS,
-                    {telemetry.PROVIDER: self.provider.id, telemetry.ATTEMPT: attempt},
+                    {telemetry.PROVIDER: provider.id, telemetry.ATTEMPT: attempt},
                 ) as call:
                     # The provider's share ends early enough to record its answer after it.
-                    outcome = self.provider.send(sms, budget.keeping(_reserve(budget)))
+                    outcome = provider.send(sms, budget.keeping(_reserve(budget)))
                     call.set({telemetry.OUTCOME_CLASS: type(outcome).__name__})
                 return outcome
             except SafeToRepeat as exc:
@@ -302,15 +341,15 @@ class OutboundService:
                 wait = backoff(attempt)
                 reason = "the provider is unreachable"
             except OutcomeUnknown as exc:
-                raise self._ambiguous(sms, exc) from exc
+                raise self._ambiguous(provider, sms, exc) from exc
             except ProviderMisconfigured as exc:
-                log.error("provider %s refused our configuration: %s", self.provider.id, exc)
+                log.error("provider %s refused our configuration: %s", provider.id, exc)
                 if maybe_sent is not None:  # an earlier attempt of this call may have sent
-                    raise self._ambiguous(sms, maybe_sent) from exc
+                    raise self._ambiguous(provider, sms, maybe_sent) from exc
                 raise ServiceUnavailable(str(exc), retry_after=60) from exc
             if attempt >= MAX_ATTEMPTS or not budget.allows(wait, then=RESERVE_SECONDS):
                 if maybe_sent is not None:
-                    raise self._ambiguous(sms, maybe_sent) from maybe_sent
+                    raise self._ambiguous(provider, sms, maybe_sent) from maybe_sent
                 log.warning("request %s not sent: %s", sms.correlation, reason)
                 raise ProviderUnavailable(
                     f"{reason}; the message was not sent, retry later",
@@ -320,12 +359,14 @@ class OutboundService:
                 log.info("request %s: %s; repeating it", sms.correlation, reason)
             self.sleep(wait)
 
-    def _ambiguous(self, sms: OutboundSms, exc: OutcomeUnknown) -> SendAmbiguous:
+    def _ambiguous(
+        self, provider: Provider, sms: OutboundSms, exc: OutcomeUnknown
+    ) -> SendAmbiguous:
         log.warning("request %s outcome unknown: %s", sms.correlation, exc)
         return SendAmbiguous(
             "the provider may have accepted the message; it will not be submitted "
             "again until its outcome is known",
-            retry_after=max(1, int(self.ledger.grace_seconds) + 1),
+            retry_after=max(1, int(self.ledger.grace_for(provider.id)) + 1),
         )
 
 

@@ -63,10 +63,23 @@ REFUSAL = "sms.webhook.refusal"
 """Why a webhook was refused: the problem's slug (unauthorized, forbidden, ...)."""
 DATAVERSE_ACTION = "dataverse.action"
 RETRY_AFTER = "sms.retry_after_seconds"
+VERIFICATION = "sms.webhook.verification"
+"""A webhook's signature check: valid, or the refusal's slug (unauthorized, forbidden)."""
 FORWARDED = "sms.outbox.forwarded"
 FAILED = "sms.outbox.failed"
 WAITING = "sms.outbox.waiting"
 REMOVED = "sms.outbox.removed"
+PENDING = "sms.outbox.pending"
+"""Outbox items pending when the timer run began (its one scan of the outbox)."""
+DEAD = "sms.outbox.dead"
+"""Outbox items dead (given up after too many attempts) when the timer run began."""
+LEDGER_OPERATION = "sms.ledger.operation"
+"""A MessageLedger or Outbox method: begin, complete, put, claim, forwarded, ..."""
+LEDGER_KIND = "sms.ledger.kind"
+"""The ledger's backend: embedded (SQLite) or table (Azure Table Storage)."""
+ROUND_TRIPS = "sms.ledger.round_trips"
+"""Storage calls an operation made: HTTP requests to Table Storage (retries and query
+pages included), or SQLite statements."""
 HTTP_STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
 
@@ -92,13 +105,30 @@ _WORDS = frozenset(
         REFUSAL,
         DATAVERSE_ACTION,
         ERROR_TYPE,
+        VERIFICATION,
+        LEDGER_OPERATION,
+        LEDGER_KIND,
     }
 )
 _IDS = frozenset({REQUEST_ID, MESSAGE_ID, CHANNEL_DEFINITION})
 _FLAGS = frozenset({REPLAYED})
 _COUNTS = frozenset(
-    {ATTEMPT, SEGMENTS, HTTP_STATUS, RETRY_AFTER, FORWARDED, FAILED, WAITING, REMOVED}
+    {
+        ATTEMPT,
+        SEGMENTS,
+        HTTP_STATUS,
+        RETRY_AFTER,
+        FORWARDED,
+        FAILED,
+        WAITING,
+        REMOVED,
+        PENDING,
+        DEAD,
+        ROUND_TRIPS,
+    }
 )
+ATTRIBUTES = _WORDS | _IDS | _FLAGS | _COUNTS
+"""Every attribute name the app may record (the workbook's queries name no other)."""
 
 
 def safe(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
@@ -132,19 +162,38 @@ def _allowed(name: str, value: object) -> bool:
     return False
 
 
-# --- instruments (created on first use, once a provider is installed) --------------------
+# --- instruments (proxies until a meter provider is installed) ---------------------------
+OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, REPLAYED, CHANNEL_DEFINITION)
+"""The attributes of an outbound call that its counter carries (low cardinality only)."""
+PROVIDER_KEYS = (PROVIDER, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
+DATAVERSE_KEYS = (DATAVERSE_ACTION, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
+REPORT_KEYS = (PROVIDER, REPORT_STATUS, REPORT_OUTCOME, CHANNEL_DEFINITION)
+REPLY_KEYS = (PROVIDER, REPLY_OUTCOME)
+REFUSAL_KEYS = (WEBHOOK_ROUTE, PROVIDER, REFUSAL)
+SEGMENT_KEYS = (PROVIDER, ENCODING)
+OUTBOX_KEYS = (LEDGER_KIND,)
+
+METRICS: dict[str, tuple[str, ...]] = {}
+"""Every metric the app records, with the attributes its points may carry: what the
+workbook and the alert rules may query (a test holds them to it)."""
 
 
 class Instrument:
-    """A counter or histogram of the app, by name; the API's instrument is made when used."""
+    """A counter, histogram or gauge of the app; the API's instrument is made when used.
 
-    # A plain class, not a dataclass: seven of them are made on every cold start.
-    def __init__(self, name: str, kind: str, unit: str, description: str) -> None:
-        self.name = name
+    A plain class, not a dataclass: each is made on every cold start, and the API's
+    instrument only once a provider is installed (the API is not imported before).
+    """
+
+    def __init__(
+        self, kind: str, name: str, keys: tuple[str, ...], unit: str, description: str
+    ) -> None:
         self.kind = kind
-        """``counter`` or ``histogram``."""
+        """``counter``, ``histogram`` or ``gauge``."""
+        self.name = name
         self.unit = unit
         self.description = description
+        METRICS[name] = keys
 
     def api(self) -> Any:
         """The OpenTelemetry instrument (a proxy until a meter provider is installed)."""
@@ -152,29 +201,50 @@ class Instrument:
 
 
 OUTBOUND_MESSAGES = Instrument(
-    "sms.outbound.messages", "counter", "{message}", "Outbound calls by outcome"
+    "counter", "sms.outbound.messages", OUTBOUND_KEYS, "{message}", "Outbound calls by outcome"
 )
 SEGMENT_COUNT = Instrument(
-    "sms.outbound.segments", "histogram", "{segment}", "SMS segments per outbound text"
+    "histogram",
+    "sms.outbound.segments",
+    SEGMENT_KEYS,
+    "{segment}",
+    "SMS segments per outbound text",
 )
 DELIVERY_REPORTS = Instrument(
-    "sms.delivery_reports", "counter", "{report}", "Delivery reports by status"
+    "counter", "sms.delivery_reports", REPORT_KEYS, "{report}", "Delivery reports by status"
 )
-REPLIES = Instrument("sms.replies", "counter", "{message}", "Customer replies")
+REPLIES = Instrument("counter", "sms.replies", REPLY_KEYS, "{message}", "Customer replies")
 WEBHOOK_REFUSALS = Instrument(
-    "sms.webhook.refusals", "counter", "{request}", "Webhook calls refused, by reason"
+    "counter",
+    "sms.webhook.refusals",
+    REFUSAL_KEYS,
+    "{request}",
+    "Webhook calls refused, by reason",
 )
 PROVIDER_DURATION = Instrument(
-    "sms.provider.duration", "histogram", "s", "One provider send attempt"
+    "histogram", "sms.provider.duration", PROVIDER_KEYS, "s", "One provider send attempt"
 )
 DATAVERSE_DURATION = Instrument(
-    "sms.dataverse.duration", "histogram", "s", "One Dataverse Web API call attempt"
+    "histogram",
+    "sms.dataverse.duration",
+    DATAVERSE_KEYS,
+    "s",
+    "One Dataverse Web API call attempt",
 )
-
-OUTBOUND_KEYS = (PROVIDER, OUTCOME, REASON, REPLAYED, CHANNEL_DEFINITION)
-"""The attributes of an outbound call that its counter carries (low cardinality only)."""
-PROVIDER_KEYS = (PROVIDER, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
-DATAVERSE_KEYS = (DATAVERSE_ACTION, ATTEMPT, OUTCOME_CLASS, HTTP_STATUS)
+OUTBOX_PENDING = Instrument(
+    "gauge",
+    "sms.outbox.pending",
+    OUTBOX_KEYS,
+    "{item}",
+    "Outbox items waiting to be forwarded to Dataverse, as the timer found them",
+)
+OUTBOX_DEAD = Instrument(
+    "gauge",
+    "sms.outbox.dead",
+    OUTBOX_KEYS,
+    "{item}",
+    "Outbox items given up on (they need an operator), as the timer found them",
+)
 
 
 @functools.cache
@@ -186,8 +256,13 @@ def _meter() -> Meter:
 
 @functools.cache
 def _api_instrument(instrument: Instrument) -> Any:
-    create = _meter().create_counter if instrument.kind == "counter" else _meter().create_histogram
-    return create(instrument.name, unit=instrument.unit, description=instrument.description)
+    meter = _meter()
+    name, unit, description = instrument.name, instrument.unit, instrument.description
+    if instrument.kind == "counter":
+        return meter.create_counter(name, unit=unit, description=description)
+    if instrument.kind == "histogram":
+        return meter.create_histogram(name, unit=unit, description=description)
+    return meter.create_gauge(name, unit=unit, description=description)
 
 
 @functools.cache
@@ -197,16 +272,42 @@ def _tracer() -> Tracer:
     return trace.get_tracer(SCOPE)
 
 
+@functools.cache
+def _propagator() -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
 # Set for the duration of a step, so that code below it (an HTTP response hook) can
 # add to it without being handed it.
 _step: ContextVar[Step | None] = ContextVar("channel_telemetry_step", default=None)
+# The storage calls of the ledger operation running in this context, if one is recorded.
+_trips: ContextVar[list[int] | None] = ContextVar("channel_telemetry_trips", default=None)
+
+
+LOG_KEYS = (
+    REQUEST_ID,
+    PROVIDER,
+    OUTCOME,
+    REASON,
+    CHANNEL_DEFINITION,
+    MESSAGE_ID,
+    REPORT_STATUS,
+    REPORT_OUTCOME,
+    REPLY_OUTCOME,
+    WEBHOOK_ROUTE,
+    DATAVERSE_ACTION,
+)
+"""The attributes a log record made inside a step carries as dimensions (see logs.py)."""
 
 
 class Step:
     """A span being recorded, with the (guarded) attributes its metrics may carry."""
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, parent: Step | None = None) -> None:
         self.span = span
+        self.parent = parent
         self.attributes: dict[str, AttributeValue] = {}
 
     def set(self, attributes: Mapping[str, object]) -> None:
@@ -230,6 +331,7 @@ class _Unrecorded(Step):
     """The step when nothing is installed: keeps nothing, so a call pays nothing for it."""
 
     def __init__(self) -> None:  # no span: the API need not be imported
+        self.parent = None
         self.attributes = {}
 
     def set(self, attributes: Mapping[str, object]) -> None:
@@ -273,7 +375,7 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
     with _tracer().start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:
-        current = Step(span)
+        current = Step(span, _step.get())
         current.set(attributes or {})
         token = _step.set(current)
         try:
@@ -332,11 +434,21 @@ def invocation(name: str, headers: Mapping[str, str]) -> Iterator[Step]:
             context.detach(token)
 
 
-@functools.cache
-def _propagator() -> Any:
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+def dimensions() -> dict[str, AttributeValue]:
+    """The log dimensions of the step running in this context, already guarded.
 
-    return TraceContextTextMapPropagator()
+    Its attributes among ``LOG_KEYS`` and those of the steps around it (the innermost
+    wins). Empty when nothing is installed: then no step is recorded, and no log exporter
+    would read them either.
+    """
+    found: dict[str, AttributeValue] = {}
+    current = _step.get()
+    while current is not None:
+        for key in LOG_KEYS:
+            if key not in found and key in current.attributes:
+                found[key] = current.attributes[key]
+        current = current.parent
+    return found
 
 
 def note(attributes: Mapping[str, object]) -> None:
@@ -344,6 +456,40 @@ def note(attributes: Mapping[str, object]) -> None:
     current = _step.get()
     if current is not None:
         current.set(attributes)
+
+
+@contextlib.contextmanager
+def ledger_step(operation: str, kind: str) -> Iterator[Step]:
+    """The span of one ledger operation, with the storage round trips made inside it.
+
+    An operation inside another (an outbox put that claims) is a child span; its round
+    trips count for both.
+    """
+    if not installed():
+        yield _UNRECORDED
+        return
+    trips = [0]
+    token = _trips.set(trips)
+    try:
+        with step(
+            f"ledger {operation}", {LEDGER_OPERATION: operation, LEDGER_KIND: kind}
+        ) as current:
+            try:
+                yield current
+            finally:
+                current.set({ROUND_TRIPS: trips[0]})
+    finally:
+        _trips.reset(token)
+        outer = _trips.get()
+        if outer is not None:
+            outer[0] += trips[0]
+
+
+def round_trip() -> None:
+    """Count one storage call for the ledger operation being recorded, if any."""
+    trips = _trips.get()
+    if trips is not None:
+        trips[0] += 1
 
 
 def count(counter: Instrument, attributes: Mapping[str, object], amount: int = 1) -> None:
@@ -356,6 +502,12 @@ def record(histogram: Instrument, value: float, attributes: Mapping[str, object]
     """Record ``value`` in ``histogram`` with ``attributes`` that pass the guard."""
     if installed():
         histogram.api().record(value, safe(attributes))
+
+
+def measure(gauge: Instrument, value: float, attributes: Mapping[str, object]) -> None:
+    """Set ``gauge`` to ``value`` with ``attributes`` that pass the guard."""
+    if installed():
+        gauge.api().set(value, safe(attributes))
 
 
 def note_http_status(response: Any, *args: Any, **kwargs: Any) -> Any:

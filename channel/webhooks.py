@@ -52,7 +52,7 @@ class WebhookService:
         self, adapter: WebhookAdapter, hook: Webhook, budget: Budget
     ) -> WebhookReply:
         """Handle a status callback: report each final state once, acknowledge the rest."""
-        adapter.verify(hook)
+        _verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -64,7 +64,7 @@ class WebhookService:
 
     def inbound(self, adapter: WebhookAdapter, hook: Webhook, budget: Budget) -> WebhookReply:
         """Handle an inbound call: hand each customer message to Dataverse once."""
-        adapter.verify(hook)
+        _verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -150,8 +150,7 @@ class WebhookService:
                     step.set({telemetry.REPORT_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPORT_STATUS, telemetry.REPORT_OUTCOME)
-                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(keys))
+                telemetry.count(telemetry.DELIVERY_REPORTS, step.subset(telemetry.REPORT_KEYS))
 
     def _traced_receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
         """One reply in its own span, counted by what became of it."""
@@ -164,8 +163,7 @@ class WebhookService:
                     step.set({telemetry.REPLY_OUTCOME: "failed"})
                 raise
             finally:
-                keys = (telemetry.PROVIDER, telemetry.REPLY_OUTCOME)
-                telemetry.count(telemetry.REPLIES, step.subset(keys))
+                telemetry.count(telemetry.REPLIES, step.subset(telemetry.REPLY_KEYS))
 
     def _report(self, provider: str, report: StatusReport, budget: Budget) -> None:
         rid = report.correlation
@@ -180,7 +178,12 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "unknown_message"})
             return
-        telemetry.note({telemetry.REQUEST_ID: rid})
+        telemetry.note(
+            {
+                telemetry.REQUEST_ID: rid,
+                telemetry.CHANNEL_DEFINITION: request.get("channel_definition_id"),
+            }
+        )
         sent_through = request.get("provider")
         if sent_through is not None and sent_through != provider:
             # A genuine call of one provider naming a message sent through another: its
@@ -192,6 +195,22 @@ class WebhookService:
                 provider,
                 rid,
                 sent_through,
+            )
+            telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
+            return
+        if (
+            report.same_message_only
+            and request["state"] == "done"
+            and request.get("message_id") != report.message_id
+        ):
+            # Our RequestId echoed for another message (another system on the account
+            # reusing it, or a message we answered NotSent): not this request's status.
+            log.warning(
+                "a %s status report names request %s but message %s, not the one recorded "
+                "for it: acknowledged and ignored",
+                provider,
+                rid,
+                report.message_id,
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
             return
@@ -246,13 +265,15 @@ class WebhookService:
         # Kept even when no channel definition is known yet (ChannelDefinitionId null,
         # To our number in E.164): forward() addresses it once one is.
         payload = self._address(
+            provider,
             {
                 "ChannelDefinitionId": None,
                 "To": sms.our_number,
                 "From": sms.customer,
                 "Message": {self.settings.message_part: sms.text},
-            }
+            },
         )
+        # The key names the provider: forward() addresses a kept reply by it later.
         lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", "inbound", payload)
         if lease is None:
             log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
@@ -263,28 +284,33 @@ class WebhookService:
         self.forward(lease, budget)
         telemetry.note({telemetry.REPLY_OUTCOME: "forwarded"})
 
-    def _address(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _address(self, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The reply's payload with its channel definition and our number's Dataverse form.
 
-        Both are learned from outbound sends from that number, else the definition is
-        CHANNEL_DEFINITION_ID and the number stays E.164; None stays when neither is known.
+        Both are learned from outbound sends from that number through ``provider`` (the
+        one the reply came through), else the definition is the one CHANNEL_ROUTES
+        routes to that provider or CHANNEL_DEFINITION_ID (Routes.reply_definition) and
+        the number stays E.164; None stays when neither is known.
         """
-        learned = self.ledger.sender(payload["To"])
+        learned = self.ledger.sender(payload["To"], provider)
         if learned is not None:
             return payload | {
                 "ChannelDefinitionId": learned["channel_definition_id"],
                 "To": learned["from"],
             }
-        return payload | {"ChannelDefinitionId": self.settings.definition_id}
+        definition = self.settings.routes.reply_definition(provider, self.settings.definition_id)
+        return payload | {"ChannelDefinitionId": definition}
 
     def _addressed(self, lease: Lease) -> Lease:
         """``lease`` with its reply addressed now, or ChannelDefinitionUnknown (kept)."""
-        payload = self._address(lease.payload)
+        provider = lease.key.split(":")[1]  # inbound:{provider}:{message id}, see _receive
+        payload = self._address(provider, lease.payload)
         if payload["ChannelDefinitionId"] is not None:
             return lease.with_payload(payload)
         problem = (
             f"a reply to {mask(payload['To'])} has no channel definition: it is kept and "
-            "forwarded once CHANNEL_DEFINITION_ID is set or that number has sent a message"
+            "forwarded once CHANNEL_DEFINITION_ID (or a CHANNEL_ROUTES route to its provider) is "
+            "set or that number has sent a message"
         )
         self.outbox.waiting(lease, "channel definition")
         log.info("%s waits for a channel definition", lease.key)
@@ -301,3 +327,14 @@ class WebhookService:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+
+def _verify(adapter: WebhookAdapter, hook: Webhook) -> None:
+    """The adapter's signature check in a span of its own, with its result."""
+    with telemetry.step("webhook.verify", {telemetry.PROVIDER: adapter.id}) as step:
+        try:
+            adapter.verify(hook)
+        except ChannelError as exc:
+            step.set({telemetry.VERIFICATION: exc.slug})
+            raise
+        step.set({telemetry.VERIFICATION: "valid"})

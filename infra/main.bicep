@@ -11,8 +11,8 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-@description('The SMS provider: twilio, acs, vonage, telnyx or loopback (sends nothing; for a first try).')
-@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'loopback'])
+@description('The SMS provider: twilio, acs, vonage, telnyx, sinch or loopback (sends nothing; for a first try).')
+@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'sinch', 'loopback'])
 param channelProvider string
 
 @description('The Dataverse environment URL, e.g. https://contoso.crm.dynamics.com')
@@ -29,6 +29,9 @@ param publicUrl string = ''
 
 @description('Region for numbers written without a country code.')
 param defaultRegion string = 'US'
+
+@description('Optional: CHANNEL_ROUTES, a JSON object mapping channel definition ids or senders to provider ids when several providers send (channelProvider stays the default).')
+param channelRoutes string = ''
 
 @description('Twilio: the account SID (AC...).')
 param twilioAccountSid string = ''
@@ -75,6 +78,23 @@ param telnyxPublicKey string = ''
 @description('Telnyx: optional messaging profile id.')
 param telnyxMessagingProfileId string = ''
 
+@description('Sinch: the service plan id of the SMS REST API.')
+param sinchServicePlanId string = ''
+
+@secure()
+@description('Sinch: the service plan\'s API token; stored in Key Vault only.')
+param sinchApiToken string = ''
+
+@description('Sinch: the API base URL of the service plan\'s region (empty: https://us.sms.api.sinch.com).')
+param sinchBaseUrl string = ''
+
+@secure()
+@description('Sinch: optional webhook signing secret (signing enabled by Sinch); stored in Key Vault only.')
+param sinchWebhookSecret string = ''
+
+@description('Optional: an email address the alert rules (dead outbox items, NotSent or provider 5xx rate, refused webhooks) write to.')
+param alertEmail string = ''
+
 @description('ACS: create the two Event Grid subscriptions (set after the first deploy: the handshake needs the app).')
 param acsEventSubscriptions bool = false
 
@@ -97,6 +117,7 @@ var acsIdParts = split(acsId, '/')
 // (resolved with the app's identity), never values.
 var channelSettings = {
   CHANNEL_PROVIDER: channelProvider
+  CHANNEL_ROUTES: channelRoutes
   DATAVERSE_URL: dataverseUrl
   DATAVERSE_ORGANIZATION_ID: dataverseOrganizationId
   CHANNEL_DEFINITION_ID: channelDefinitionId
@@ -116,6 +137,10 @@ var channelSettings = {
   TELNYX_API_KEY: empty(telnyxApiKey) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=telnyx-api-key)'
   TELNYX_PUBLIC_KEY: telnyxPublicKey
   TELNYX_MESSAGING_PROFILE_ID: telnyxMessagingProfileId
+  SINCH_SERVICE_PLAN_ID: sinchServicePlanId
+  SINCH_API_TOKEN: empty(sinchApiToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-api-token)'
+  SINCH_BASE_URL: sinchBaseUrl
+  SINCH_WEBHOOK_SECRET: empty(sinchWebhookSecret) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-webhook-secret)'
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -147,6 +172,19 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+// The operator's workbook and alert rules over Application Insights.
+module observability 'app/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    resourceToken: resourceToken
+    alertEmail: alertEmail
+  }
+}
+
 module storage 'app/storage.bicep' = {
   name: 'storage'
   scope: rg
@@ -174,6 +212,8 @@ module keyVault 'app/keyvault.bicep' = {
     vonagePrivateKey: vonagePrivateKey
     vonageSignatureSecret: vonageSignatureSecret
     telnyxApiKey: telnyxApiKey
+    sinchApiToken: sinchApiToken
+    sinchWebhookSecret: sinchWebhookSecret
   }
 }
 

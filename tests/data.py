@@ -77,3 +77,19 @@ VONAGE_SIGNATURE_SECRET = "vonage-test-signature-secret-0001-not-real"
 TELNYX_API_KEY = "KEY0190ABCDEF_telnyx-test-api-key-0001"
 
 SENSITIVE.extend([VONAGE_SIGNATURE_SECRET, TELNYX_API_KEY])
+
+# --- Several providers (CHANNEL_ROUTES) ---
+OTHER_DEFINITION_ID = "0c6a3f7e-54d2-4b8e-a1f9-2e7d6c5b4a39"
+"""A second channel definition, routed to another provider than DEFINITION_ID."""
+EU_SENDER = "447911123457"
+"""A second number of ours (UK), as Dataverse stores it."""
+EU_SENDER_E164 = "+447911123457"
+
+SENSITIVE.extend([EU_SENDER, EU_SENDER_E164])
+
+# --- Sinch ---
+SINCH_SERVICE_PLAN_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+SINCH_API_TOKEN = "sinch-test-api-token-0001-not-real"
+SINCH_WEBHOOK_SECRET = "sinch-test-webhook-secret-0001"
+
+SENSITIVE.extend([SINCH_API_TOKEN, SINCH_WEBHOOK_SECRET])

@@ -15,7 +15,7 @@ import pytest
 
 from channel.errors import BadRequest, Forbidden, Unauthorized
 from channel.providers import eventgrid
-from channel.providers.base import Webhook
+from channel.providers.base import Webhook, verify_query_secret
 
 SAMPLES = Path(__file__).parent / "samples" / "acs"
 SECRET = b"the-shared-secret"
@@ -50,11 +50,11 @@ def data_of(data: Mapping[str, Any]) -> dict[str, Any]:
 )
 def test_a_call_without_the_secret_is_refused(query: str, error: type[Exception]) -> None:
     with pytest.raises(error):
-        eventgrid.verify_secret(call([], query=query), SECRET)
+        verify_query_secret(call([], query=query), SECRET)
 
 
 def test_a_call_with_the_secret_is_accepted() -> None:
-    eventgrid.verify_secret(call([], query="secret=the-shared-secret"), SECRET)
+    verify_query_secret(call([], query="secret=the-shared-secret"), SECRET)
 
 
 def test_the_validation_event_is_answered_with_its_code() -> None:

@@ -123,6 +123,12 @@ AZD_ENV = {
         "TELNYX_API_KEY": "telnyx-api-key-value",
         "TELNYX_PUBLIC_KEY": _ed25519_public_b64(),
     },
+    "sinch": {
+        "CHANNEL_PROVIDER": "sinch",
+        "SINCH_SERVICE_PLAN_ID": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+        "SINCH_API_TOKEN": "sinch-api-token-value",
+        "SINCH_WEBHOOK_SECRET": "sinch-webhook-secret-value",
+    },
     "loopback": {"CHANNEL_PROVIDER": "loopback"},
 }
 ROLES = {
@@ -479,14 +485,18 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         "VONAGE_PRIVATE_KEY",
         "VONAGE_SIGNATURE_SECRET",
         "TELNYX_API_KEY",
+        "SINCH_API_TOKEN",
+        "SINCH_WEBHOOK_SECRET",
     } <= secrets
     env = azd_env(
         "twilio",
         ACS_ACCESS_KEY="YWNzLWtleQ==",
-        CHANNEL_WEBHOOK_SECRET="hook",
+        CHANNEL_WEBHOOK_SECRET="event-grid-shared-value",
         VONAGE_PRIVATE_KEY=AZD_ENV["vonage"]["VONAGE_PRIVATE_KEY"],
         VONAGE_SIGNATURE_SECRET="vonage-secret",
         TELNYX_API_KEY="telnyx-key",
+        SINCH_API_TOKEN="sinch-token",
+        SINCH_WEBHOOK_SECRET="sinch-signing-secret",
     )
     written = app_settings(Deployment(env, AZURE_OUTPUTS))
     vault = Deployment(env, AZURE_OUTPUTS).eval(MAIN, "keyVaultName")
@@ -523,6 +533,30 @@ def test_the_deployed_settings_satisfy_config_in_azure(provider: str) -> None:
     assert read.in_azure
     assert read.ledger_kind == "table"
     assert read.public_url == "https://func-sms-x.azurewebsites.net"
+
+
+def test_routes_reach_the_app_and_their_providers_settings_are_checked_there() -> None:
+    definition = "b1b25a46-6da0-4c08-9cf3-505e613c8e30"
+    routes = json.dumps({definition: "vonage", "+12065550100": "telnyx"})
+    env = {**AZD_ENV["vonage"], **AZD_ENV["telnyx"], "CHANNEL_ROUTES": routes}
+    del env["CHANNEL_PROVIDER"]
+    settings = deployed("twilio", **env)
+    assert settings["CHANNEL_ROUTES"] == routes
+    read = Settings.from_env({**settings, **PLATFORM_PROVIDED})
+    assert read.problems == ()
+    assert read.providers_in_use == ("twilio", "vonage", "telnyx")
+    assert read.routes.provider_for(definition, "12065550100") == "vonage"
+    # Without a routed provider's own settings, the deployed app says so.
+    partial = deployed(
+        "twilio", CHANNEL_ROUTES=routes, **AZD_ENV["telnyx"] | {"CHANNEL_PROVIDER": "twilio"}
+    )
+    problems = Settings.from_env({**partial, **PLATFORM_PROVIDED}).problems
+    assert "VONAGE_APPLICATION_ID is not set (provider vonage)" in problems
+
+
+def test_no_routes_unless_set() -> None:
+    assert deployed("twilio")["CHANNEL_ROUTES"] == ""
+    assert Settings.from_env({**deployed("twilio"), **PLATFORM_PROVIDED}).routes.entries == ()
 
 
 def test_the_sample_settings_list_every_setting_the_app_reads() -> None:
@@ -568,7 +602,18 @@ def test_azure_yaml_deploys_this_folder_as_a_python_function_with_the_hook() -> 
 
 def test_funcignore_keeps_infra_and_tooling_out_of_the_package() -> None:
     patterns = (ROOT / ".funcignore").read_text().split()
-    for path in ("infra", ".github", ".vscode", "azure.yaml", ".azure", "tests", ".venv-checkov"):
+    for path in (
+        "infra",
+        ".github",
+        ".vscode",
+        "azure.yaml",
+        ".azure",
+        "tests",
+        ".venv-checkov",
+        "tools",  # the local host and the provisioning command
+        "requirements-devhost.txt",
+        "bench",
+    ):
         assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
     assert not any(fnmatch.fnmatch(name, p) for name in ("channel", "host.json") for p in patterns)
 
@@ -600,10 +645,15 @@ def test_vscode_starts_core_tools_before_attaching_the_debugger() -> None:
     folder = ROOT / ".vscode"
     launch = json.loads((folder / "launch.json").read_text())
     tasks = {t["label"]: t for t in json.loads((folder / "tasks.json").read_text())["tasks"]}
-    (attach,) = launch["configurations"]
-    start = tasks[attach["preLaunchTask"]]
+    configurations = {c["request"]: c for c in launch["configurations"]}
+    start = tasks[configurations["attach"]["preLaunchTask"]]
     assert (start["type"], start["command"]) == ("func", "host start")
     assert start["dependsOn"] in tasks
+    # Without Core Tools: the local host under the debugger, its requirements installed first.
+    local = configurations["launch"]
+    assert local["module"] == "tools.devhost"
+    assert "requirements-devhost.txt" in tasks[local["preLaunchTask"]]["linux"]["command"]
+    assert (ROOT / "tools" / "devhost" / "__main__.py").is_file()
     recommended = json.loads((folder / "extensions.json").read_text())["recommendations"]
     assert "ms-azuretools.vscode-azurefunctions" in recommended
     settings = json.loads((folder / "settings.json").read_text())

@@ -36,7 +36,7 @@ from channel.ledger.embedded import EmbeddedStore
 from channel.ledger.store import AlreadyExists, RecordStore, StaleRecord
 from channel.ledger.table import TableStore
 from tests.azurite import Azurite, free_port
-from tests.data import DEFINITION_ID, RECIPIENT, SENDER, TEXT
+from tests.data import DEFINITION_ID, RECIPIENT, SENDER, SENDER_E164, TEXT
 
 CONTENT = fingerprint(DEFINITION_ID, SENDER, RECIPIENT, TEXT)
 
@@ -526,3 +526,88 @@ def test_a_file_that_is_no_database_leaves_no_connection_open(tmp_path: Path) ->
     (connection,) = opened
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         connection.execute("SELECT 1")
+
+
+# --- several providers (CHANNEL_ROUTES) -----------------------------------------------------
+
+
+def test_an_ambiguous_request_waits_the_grace_of_the_provider_it_was_sent_with(
+    store: RecordStore, clock: Clock
+) -> None:
+    ledger = MessageLedger(
+        store,
+        lease_seconds=30,
+        ambiguous_grace_seconds=600,
+        grace_by_provider={"telnyx": 60},
+        clock=clock,
+    )
+    for rid, provider in (("via-twilio", "twilio"), ("via-telnyx", "telnyx")):
+        ledger.begin(
+            rid, CONTENT, channel_definition_id=DEFINITION_ID, sender=SENDER, provider=provider
+        )
+        ledger.mark_ambiguous(rid)
+    clock.now += 61
+    # Whatever provider a retry names (a route changed), the first one's grace holds.
+    with pytest.raises(SendAmbiguous) as waiting:
+        ledger.begin(
+            "via-twilio",
+            CONTENT,
+            channel_definition_id=DEFINITION_ID,
+            sender=SENDER,
+            provider="telnyx",
+        )
+    assert waiting.value.retry_after == 600 - 61 + 1
+    claim = ledger.begin(
+        "via-telnyx", CONTENT, channel_definition_id=DEFINITION_ID, sender=SENDER, provider="twilio"
+    )
+    assert isinstance(claim, Claim)
+    assert claim.attempt == 2
+    assert claim.record["provider"] == "telnyx"
+
+
+def test_a_remembered_sender_addresses_replies_of_its_own_provider_only(
+    open_store: OpenStore,
+) -> None:
+    ledger = MessageLedger(open_store(), lease_seconds=30, ambiguous_grace_seconds=600)
+    other = MessageLedger(open_store(), lease_seconds=30, ambiguous_grace_seconds=600)
+    ledger.remember_sender(SENDER_E164, SENDER, DEFINITION_ID, provider="vonage")
+    assert ledger.sender(SENDER_E164, "vonage") == {
+        "from": SENDER,
+        "channel_definition_id": DEFINITION_ID,
+        "provider": "vonage",
+    }
+    assert ledger.sender(SENDER_E164) is not None  # any provider
+    assert ledger.sender(SENDER_E164, "telnyx") is None
+    # The number moves to Telnyx: another process that learned Vonage sees the move.
+    assert other.sender(SENDER_E164, "vonage") is not None
+    ledger.remember_sender(SENDER_E164, SENDER, DEFINITION_ID, provider="telnyx")
+    assert other.sender(SENDER_E164, "telnyx") is not None
+    # Records written before senders named their provider serve every provider.
+    ledger.remember_sender("+12065550111", "12065550111", DEFINITION_ID)
+    assert other.sender("+12065550111", "telnyx") == {
+        "from": "12065550111",
+        "channel_definition_id": DEFINITION_ID,
+    }
+
+
+def test_a_provably_unsent_attempt_after_an_ambiguous_one_leaves_it_ambiguous(
+    ledger: MessageLedger, clock: Clock
+) -> None:
+    first = begin(ledger)
+    assert isinstance(first, Claim)
+    ledger.mark_ambiguous("r-1")
+    clock.now += 601
+    second = begin(ledger)
+    assert isinstance(second, Claim)
+    ledger.release("r-1")  # e.g. throttled, or its provider cannot be built: nothing left
+    record = ledger.get("r-1")
+    assert record is not None
+    assert record["state"] == "ambiguous"  # the first attempt may still have been taken
+    assert record["first_attempt_at"] == first.record["first_attempt_at"]
+    third = begin(ledger)
+    assert isinstance(third, Claim)
+    assert third.record["first_attempt_at"] == first.record["first_attempt_at"]
+    ledger.mark_ambiguous("r-1")
+    clock.now += 601
+    with pytest.raises(SendAmbiguous, match="2 attempts"):
+        begin(ledger)

@@ -2,7 +2,7 @@
 
 The harness (tests/plugin/Harness.cs) runs the plugin once as Dataverse would: an execution
 context with ``payload``, a CorrelationId and the step's two configuration strings. It
-posts to the real app served by ``python -m channel.devhost`` with a fake Twilio behind it,
+posts to the real app served by ``python -m tools.devhost`` with a fake Twilio behind it,
 or to a pytest-httpserver standing in for the app where the test needs to see the request
 or to make the app slow.
 """
@@ -136,7 +136,7 @@ def fake_twilio(twilio_server: HTTPServer) -> Iterator[FakeTwilio]:
 
 @pytest.fixture(scope="module")
 def app_url(twilio_server: HTTPServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The channel's app under ``python -m channel.devhost``, sending through the fake Twilio."""
+    """The channel's app under ``python -m tools.devhost``, sending through the fake Twilio."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith(_PREFIXES)}
     env.update(
@@ -152,7 +152,7 @@ def app_url(twilio_server: HTTPServer, tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("devhost") / "devhost.log"
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-            [sys.executable, "-m", "channel.devhost", "--port", str(port)],
+            [sys.executable, "-m", "tools.devhost", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=output,

@@ -9,6 +9,7 @@ secrets.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,9 @@ from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -31,8 +35,12 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from werkzeug import Response
 
 from channel import telemetry
+from channel.forwarding import forward_pending
+from channel.ledger.outbox import MAX_ATTEMPTS
+from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
     DEFINITION_ID,
@@ -47,6 +55,15 @@ from tests.data import (
 )
 from tests.fake_telnyx import PUBLIC_KEY
 from tests.fakes import FakeDataverse, FakeTwilio
+from tests.test_forwarding import AFTER_ANY_BACKOFF, REFUSAL, Clock
+from tests.test_several_providers import (  # noqa: F401 - fixtures, used by name
+    ledger_kind,
+    providers,
+    send_both,
+    telnyx_server,
+    vonage_server,
+)
+from tests.test_table_ledger import on_table, table_store  # noqa: F401 - on_table: a fixture
 from tests.test_webhooks_telnyx import event, hook
 from tests.twilio_hooks import (
     REPORT_URL,
@@ -78,10 +95,26 @@ class Point:
 class Sink:
     """What the app recorded since the test began."""
 
-    def __init__(self, exporter: InMemorySpanExporter, reader: InMemoryMetricReader) -> None:
+    def __init__(
+        self,
+        exporter: InMemorySpanExporter,
+        reader: InMemoryMetricReader,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
         self.exporter = exporter
         self.reader = reader
+        self.log_exporter = log_exporter
         self._points: list[Point] = []
+
+    def logs(self) -> list[ReadableLogRecord]:
+        """Every log record exported (INFO and above, as the worker's handler takes them)."""
+        return list(self.log_exporter.get_finished_logs())
+
+    def log(self, starting: str) -> ReadableLogRecord:
+        """The one exported log record whose text starts with ``starting``."""
+        found = [r for r in self.logs() if str(r.log_record.body).startswith(starting)]
+        assert len(found) == 1, [str(r.log_record.body) for r in self.logs()]
+        return found[0]
 
     def spans(self) -> list[ReadableSpan]:
         """Every span ended so far, in the order they ended."""
@@ -110,6 +143,16 @@ class Sink:
 
 
 @pytest.fixture(scope="session")
+def _logs() -> tuple[LoggerProvider, InMemoryLogRecordExporter]:
+    """The SDK's logs, with which the worker's distro exports log records (and their
+    attributes, as custom dimensions)."""
+    provider = LoggerProvider()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.fixture(scope="session")
 def _sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
     """The SDK installed once per process, as the worker installs it once in Azure."""
     exporter = InMemorySpanExporter()
@@ -135,19 +178,58 @@ def _sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
 
 
 @pytest.fixture
-def sink(_sdk: tuple[InMemorySpanExporter, InMemoryMetricReader]) -> Iterator[Sink]:
+def sink(
+    _sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    _logs: tuple[LoggerProvider, InMemoryLogRecordExporter],
+) -> Iterator[Sink]:
     """What this test records; at the end, no attribute may hold a number, text or secret."""
     exporter, reader = _sdk
     exporter.clear()
     reader.get_metrics_data()  # drop what earlier tests recorded
-    recorded = Sink(exporter, reader)
-    yield recorded
-    assert_nothing_sensitive(recorded.spans(), recorded.points())
+    log_provider, log_exporter = _logs
+    log_exporter.clear()
+    # The handler configure_azure_monitor() puts on the root logger, at INFO (for this
+    # test only: the rest of the suite logs as before).
+    handler = LoggingHandler(level=logging.INFO, logger_provider=log_provider)
+    logging.getLogger().addHandler(handler)
+    recorded = Sink(exporter, reader, log_exporter)
+    try:
+        yield recorded
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert_nothing_sensitive(recorded.spans(), recorded.points(), recorded.logs())
+    assert_declared(recorded.spans(), recorded.points())
 
 
-def assert_nothing_sensitive(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> None:
-    """No attribute of any span, span event or metric point holds a test secret."""
+def assert_declared(spans: Sequence[ReadableSpan], points: Sequence[Point]) -> None:
+    """Every metric and attribute recorded is one channel/telemetry.py declares.
+
+    The workbook and the alert rules are held to the same declarations, so what they
+    query is what the app records.
+    """
+    undeclared = [p.metric for p in points if p.metric not in telemetry.METRICS]
+    assert undeclared == []
+    stray = [
+        (p.metric, key)
+        for p in points
+        for key in p.attributes
+        if key not in telemetry.METRICS[p.metric]
+    ]
+    assert stray == []
+    keys = {key for span in spans for key in (span.attributes or {})}
+    assert keys <= telemetry.ATTRIBUTES
+
+
+def assert_nothing_sensitive(
+    spans: Sequence[ReadableSpan], points: Sequence[Point], logs: Sequence[ReadableLogRecord] = ()
+) -> None:
+    """No attribute of any span, span event, metric point or log record, nor the text of a
+    log record at INFO or above, holds a test secret."""
     seen: list[tuple[str, str, object]] = []
+    for record in logs:
+        where = str(record.log_record.body)[:40]
+        seen += [(where, "body", record.log_record.body)]
+        seen += [(where, key, value) for key, value in (record.log_record.attributes or {}).items()]
     for span in spans:
         seen += [(span.name, key, value) for key, value in (span.attributes or {}).items()]
         for happened in span.events:
@@ -228,6 +310,34 @@ def test_outbound_call_records_its_span_provider_attempt_and_outcome_counter(
     assert [(p.attributes, p.value) for p in sink.of("sms.outbound.segments")] == [
         ({"sms.provider": "twilio", "sms.encoding": "GSM-7"}, 1)  # one text of one segment
     ]
+    # The ledger's work, each operation a child span with its storage round trips: the
+    # claim (one insert), the answer (one replace), our number's Dataverse form (one insert).
+    ledger = [s for s in sink.spans() if s.name.startswith("ledger ")]
+    assert [(s.name, dict(s.attributes or {})) for s in ledger] == [
+        (
+            f"ledger {operation}",
+            {
+                "sms.ledger.operation": operation,
+                "sms.ledger.kind": "embedded",
+                "sms.ledger.round_trips": 1,
+            },
+        )
+        for operation in ("begin", "complete", "remember_sender")
+    ]
+    assert all(child_of(span, outbound) for span in ledger)
+    # Its log record names the request, provider and outcome as dimensions, not only in
+    # its text, and belongs to the call's trace.
+    sent = sink.log("request ").log_record
+    assert {
+        key: value for key, value in (sent.attributes or {}).items() if key.startswith("sms.")
+    } == {
+        "sms.provider": "twilio",
+        "sms.request_id": payload()["RequestId"],
+        "sms.channel_definition_id": DEFINITION_ID,
+        "sms.outcome": "Sent",
+        "sms.message_id": sid(1),
+    }
+    assert format(sent.trace_id or 0, "032x") == TRACE_ID
 
 
 def test_a_repeated_request_id_is_counted_as_replayed(
@@ -353,6 +463,12 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
         "sms.outcome": "acknowledged",
         "http.response.status_code": 200,
     }
+    verify = only(sink.named("webhook.verify"))
+    assert child_of(verify, hook)
+    assert dict(verify.attributes or {}) == {
+        "sms.provider": "twilio",
+        "sms.webhook.verification": "valid",
+    }
     status = only(sink.named("delivery_report.status"))
     assert child_of(status, hook)
     assert dict(status.attributes or {}) == {
@@ -360,6 +476,7 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
         "sms.report.status": "Delivered",
         "sms.message_id": sent.sid,
         "sms.request_id": sent.rid,
+        "sms.channel_definition_id": DEFINITION_ID,
         "sms.report.outcome": "forwarded",
     }
     calls = [s for s in sink.spans() if s.name.startswith("dataverse ")]
@@ -379,12 +496,21 @@ def test_delivery_report_span_status_child_dataverse_calls_and_counter(
                 "sms.provider": "twilio",
                 "sms.report.status": "Delivered",
                 "sms.report.outcome": "forwarded",
+                "sms.channel_definition_id": DEFINITION_ID,  # from the ledger's record
             },
             1,
         )
     ]
     actions = sorted(p.attributes["dataverse.action"] for p in sink.of("sms.dataverse.duration"))
     assert actions == ["WhoAmI", "msdyn_D365ChannelsNotification"]
+    forwarded = sink.log(f"request {sent.rid}: Delivered").log_record.attributes or {}
+    assert {key: value for key, value in forwarded.items() if key.startswith("sms.")} == {
+        "sms.provider": "twilio",
+        "sms.report.status": "Delivered",
+        "sms.message_id": sent.sid,
+        "sms.request_id": sent.rid,
+        "sms.channel_definition_id": DEFINITION_ID,
+    }
 
 
 def test_repeated_and_intermediate_reports_are_counted_as_such(
@@ -429,6 +555,13 @@ def test_reply_span_and_counter(
     )
     inbound_call = only(sink.named("dataverse msdyn_D365ChannelsInbound"))
     assert child_of(inbound_call, first)
+    # Its log record names the provider and the message as dimensions; the customer's
+    # number only masked, in the text.
+    received = sink.log(f"inbound {message} from ").log_record
+    assert {k: v for k, v in (received.attributes or {}).items() if k.startswith("sms.")} == {
+        "sms.provider": "twilio",
+        "sms.message_id": message,
+    }
     assert sorted((p.attributes["sms.reply.outcome"], p.value) for p in sink.of("sms.replies")) == [
         ("forwarded", 1),
         ("repeated", 1),
@@ -449,6 +582,13 @@ def test_refused_webhooks_are_counted_by_reason(call: Call, twilio: FakeTwilio, 
     }
     outcomes = [s.attributes["sms.outcome"] for s in sink.named("delivery_report")]  # type: ignore[index]
     assert outcomes == ["unauthorized", "forbidden"]
+    checks = sink.named("webhook.verify")
+    assert [s.attributes["sms.webhook.verification"] for s in checks] == outcomes  # type: ignore[index]
+    assert [s.status.status_code for s in checks] == [trace.StatusCode.ERROR] * 2
+    for check, call_span in zip(checks, sink.named("delivery_report"), strict=True):
+        assert child_of(check, call_span)
+    # Refused before the ledger was read or written.
+    assert [s.name for s in sink.spans() if s.name.startswith("ledger ")] == []
 
 
 # --- the guard --------------------------------------------------------------------------
@@ -540,4 +680,90 @@ def test_a_report_answered_5xx_before_it_is_kept_is_counted_as_failed(
             "sms.report.status": "Delivered",
             "sms.report.outcome": "failed",
         }
+    ]
+
+
+# --- the timer and the outbox -------------------------------------------------------------
+
+
+def test_timer_run_records_its_counts_and_the_outbox_gauges(
+    call: Call, twilio: FakeTwilio, dataverse: FakeDataverse, sink: Sink
+) -> None:
+    twilio.accept()
+    sent = send(call, twilio)
+    refusal = json.dumps(REFUSAL)
+    dataverse.script += [
+        Response(refusal, status=403, content_type="application/json") for _ in range(MAX_ATTEMPTS)
+    ]
+    assert report(call, sent, "delivered").status_code == 503  # kept: attempt 1 of MAX_ATTEMPTS
+    clock = Clock()
+    get_runtime().outbox.clock = clock
+
+    def run() -> dict[str, Any]:
+        sink.exporter.clear()
+        forward_pending()
+        return dict(only(sink.named("forward_pending")).attributes or {})
+
+    def gauges() -> list[tuple[str, dict[str, Any], float]]:
+        found = [p for p in sink.points() if p.metric.startswith("sms.outbox.")]
+        sink._points.clear()  # one collection per run
+        return sorted((p.metric, p.attributes, p.value) for p in found)
+
+    sink.points()
+    assert run() == {  # not due yet (backing off): seen, not forwarded
+        "sms.outbox.forwarded": 0,
+        "sms.outbox.failed": 0,
+        "sms.outbox.waiting": 0,
+        "sms.outbox.removed": 0,
+        "sms.outbox.pending": 1,
+        "sms.outbox.dead": 0,
+    }
+    embedded = {"sms.ledger.kind": "embedded"}
+    assert gauges() == [("sms.outbox.dead", embedded, 0), ("sms.outbox.pending", embedded, 1)]
+    # The counts come from the run's one scan of the outbox, not from a read of their own.
+    operations = [(s.attributes or {}).get("sms.ledger.operation") for s in sink.spans()]
+    assert operations.count("survey") == 1
+
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        clock.offset += AFTER_ANY_BACKOFF
+        counts = run()
+        assert (counts["sms.outbox.failed"], counts["sms.outbox.pending"]) == (1, 1), attempt
+    assert dataverse.script == []  # every refusal used: the item is dead now
+    counts = run()
+    assert (counts["sms.outbox.pending"], counts["sms.outbox.dead"]) == (0, 1)
+    assert gauges()[-2:] == [("sms.outbox.dead", embedded, 1), ("sms.outbox.pending", embedded, 0)]
+
+
+def test_ledger_spans_count_every_table_request(
+    call: Call, twilio: FakeTwilio, sink: Sink, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("on_table")  # the app on a fresh Azurite table
+    twilio.accept()
+    store = table_store()
+    before = store.round_trips
+    assert call("outbound", payload()).status_code == 200
+    outbound = only(sink.named("outbound"))
+    top = [s for s in sink.spans() if s.name.startswith("ledger ") and child_of(s, outbound)]
+    assert {s.attributes["sms.ledger.kind"] for s in top} == {"table"}  # type: ignore[index]
+    trips = [int(s.attributes["sms.ledger.round_trips"]) for s in top]  # type: ignore[arg-type,index]
+    assert all(trip >= 1 for trip in trips)
+    assert sum(trips) == store.round_trips - before
+
+
+@pytest.mark.usefixtures("providers")
+def test_each_send_is_counted_under_the_provider_it_went_through(call: Call, sink: Sink) -> None:
+    send_both(call)  # Vonage (CHANNEL_PROVIDER), then Telnyx (CHANNEL_ROUTES)
+    assert [span.attributes["sms.provider"] for span in sink.named("outbound")] == [  # type: ignore[index]
+        "vonage",
+        "telnyx",
+    ]
+    attempts = [dict(span.attributes or {}) for span in sink.named("provider.send")]
+    # The HTTP status comes from the hook of the process's one session: both use it.
+    assert [(a["sms.provider"], a["http.response.status_code"]) for a in attempts] == [
+        ("vonage", 202),
+        ("telnyx", 200),
+    ]
+    assert sorted(p.attributes["sms.provider"] for p in sink.of("sms.outbound.messages")) == [
+        "telnyx",
+        "vonage",
     ]

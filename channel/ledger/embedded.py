@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from channel import telemetry
 from channel.budget import time_left
 from channel.errors import StoreUnavailable
 from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
@@ -86,6 +87,7 @@ class EmbeddedStore:
                 "message ledger unavailable (busy within this process); retry later",
                 retry_after=RETRY_AFTER_SECONDS,
             )
+        telemetry.round_trip()
         try:
             busy_ms = int(time_left(BUSY_TIMEOUT_SECONDS) * 1000)
             # Rounded down to 100 ms, so that calls close together set it once.

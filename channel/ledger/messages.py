@@ -4,7 +4,9 @@ A request record moves through these states (every change is an ETag-guarded wri
 so concurrent callers and scaled-out instances agree on one winner):
 
     (none) --begin--> claimed --complete--> done          (Sent or NotSent; answer stored)
-                         |--release--> retryable          (provably unsent: 429, refused)
+                         |--release--> retryable          (provably unsent: 429, refused;
+                         |                                 ambiguous again if an earlier
+                         |                                 attempt may have reached it)
                          |--mark_ambiguous--> ambiguous   (5xx, read timeout: maybe sent)
                          '-- lease expires --> ambiguous  (the process died mid-send)
 
@@ -23,12 +25,13 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.traced import operation
 
 MAX_ATTEMPTS = 2
 """Submissions that may have reached the provider for one RequestId: the first, and one
@@ -68,11 +71,14 @@ class MessageLedger:
         *,
         lease_seconds: float,
         ambiguous_grace_seconds: float,
+        grace_by_provider: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.grace_seconds = ambiguous_grace_seconds
+        self.grace_by_provider = dict(grace_by_provider or {})
+        """Each provider's own grace, where it differs (several providers: CHANNEL_ROUTES)."""
         self.clock = clock
         self._senders: dict[str, Record] = {}
 
@@ -81,6 +87,13 @@ class MessageLedger:
         """The backend's name, for health."""
         return self.store.kind
 
+    def grace_for(self, provider: str | None) -> float:
+        """How long an unknown outcome of a send through ``provider`` blocks a new attempt."""
+        if provider is None:
+            return self.grace_seconds
+        return self.grace_by_provider.get(provider, self.grace_seconds)
+
+    @operation
     def begin(
         self,
         request_id: str,
@@ -94,7 +107,9 @@ class MessageLedger:
 
         Raises RequestInFlight while another call holds the claim, RequestConflict when
         the content differs from the first call's, SendAmbiguous while an earlier
-        attempt's outcome is unknown.
+        attempt's outcome is unknown. The record keeps the provider of the first call: a
+        claim's ``record["provider"]`` is the one to send through, whatever ``provider``
+        a later call (after a route changed) names.
         """
         key = _request_key(request_id)
         now = self.clock()
@@ -141,6 +156,7 @@ class MessageLedger:
                 continue
             return Claim(request_id, int(decision["attempts"]) + 1, decision, etag)
 
+    @operation
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
         fields = response.model_dump(mode="json")
@@ -160,12 +176,23 @@ class MessageLedger:
         record = self._update(claim.request_id, finish)
         return OutboundResponse.model_validate(record["answer"])
 
+    @operation
     def release(self, request_id: str) -> None:
-        """Give the claim back after a provably unsent failure; a retry may claim again."""
-        self._update(
-            request_id, lambda r: r | {"state": "retryable"} if r["state"] == "claimed" else None
-        )
+        """Give the claim back after a provably unsent failure; a retry may claim again.
 
+        A claim taken over an ambiguous attempt gives it back ambiguous: this attempt sent
+        nothing, but the earlier one may have (its grace, its count and its first-attempt
+        time still hold for the next claim).
+        """
+
+        def give_back(record: Record) -> Record | None:
+            if record["state"] != "claimed":
+                return None
+            return record | {"state": "ambiguous" if record["attempts"] else "retryable"}
+
+        self._update(request_id, give_back)
+
+    @operation
     def mark_ambiguous(self, request_id: str) -> None:
         """Remember that an attempt may have reached the provider."""
         now = self.clock()
@@ -178,6 +205,7 @@ class MessageLedger:
             ),
         )
 
+    @operation
     def confirm_sent(self, request_id: str, message_id: str) -> bool:
         """A provider callback proves an unanswered attempt was taken: record it as Sent.
 
@@ -201,13 +229,19 @@ class MessageLedger:
         self._update(request_id, confirm)
         return True
 
-    def remember_sender(self, number: str, sender: str, channel_definition_id: str) -> None:
+    @operation
+    def remember_sender(
+        self, number: str, sender: str, channel_definition_id: str, provider: str | None = None
+    ) -> None:
         """Remember how Dataverse writes our number (``number`` in E.164) and its channel.
 
         Inbound messages name our number in E.164; Dataverse wants it back in its own
-        form (often ``12065550100``) with the channel definition it belongs to.
+        form (often ``12065550100``) with the channel definition it belongs to, and
+        ``provider``, the one that sent from it: only its replies are addressed so.
         """
         known: Record = {"from": sender, "channel_definition_id": channel_definition_id}
+        if provider is not None:
+            known["provider"] = provider
         if self._senders.get(number) == known:
             return  # already written by this process: no storage round trip per send
         key = f"sender:{number}"
@@ -220,17 +254,24 @@ class MessageLedger:
                     self.store.replace(key, known, found.etag)
         self._senders[number] = known
 
-    def sender(self, number: str) -> Record | None:
-        """What ``remember_sender`` learned about our number ``number``, or None."""
-        known = self._senders.get(number)
-        if known is not None:
-            return known
-        found = self.store.get(f"sender:{number}")
-        if found is None:
-            return None
-        self._senders[number] = found.data
-        return found.data
+    @operation
+    def sender(self, number: str, provider: str | None = None) -> Record | None:
+        """What ``remember_sender`` learned about our number ``number``, or None.
 
+        With ``provider``, only what a send through that provider taught (or a record
+        written before senders named their provider, when one provider served all).
+        """
+        known = self._senders.get(number)
+        if known is None or not _sent_through(known, provider):
+            # Not known here, or learned from another provider: another process may have
+            # learned it since (the number moved to this provider).
+            found = self.store.get(f"sender:{number}")
+            if found is None:
+                return None
+            known = self._senders[number] = found.data
+        return known if _sent_through(known, provider) else None
+
+    @operation
     def remember_message(self, provider: str, message_id: str, request_id: str) -> None:
         """Record that ``provider``'s message ``message_id`` is the send of ``request_id``.
 
@@ -241,11 +282,13 @@ class MessageLedger:
         with contextlib.suppress(AlreadyExists):
             self.store.insert(_message_key(provider, message_id), record)
 
+    @operation
     def request_of_message(self, provider: str, message_id: str) -> str | None:
         """The RequestId ``remember_message`` recorded for a provider's message id, or None."""
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
+    @operation
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
@@ -267,19 +310,20 @@ class MessageLedger:
             }
             state = "ambiguous"
         if state == "ambiguous":
+            grace = self.grace_for(record.get("provider"))
             waited = now - record["attempted_at"]
-            if waited < self.grace_seconds:
+            if waited < grace:
                 raise SendAmbiguous(
                     "an earlier attempt may have reached the provider; waiting for its "
                     "status callback before trying again",
-                    retry_after=int(self.grace_seconds - waited) + 1,
+                    retry_after=int(grace - waited) + 1,
                 )
             if record["attempts"] >= MAX_ATTEMPTS:
                 raise SendAmbiguous(
                     f"{record['attempts']} attempts ended without a known outcome and no "
                     "status callback confirmed one; not submitting again (check the "
                     "provider's message log)",
-                    retry_after=int(self.grace_seconds) or 60,
+                    retry_after=int(grace) or 60,
                 )
         return self._claimed(record, now)
 
@@ -313,6 +357,11 @@ class MessageLedger:
             except StaleRecord:
                 continue
             return updated
+
+
+def _sent_through(sender: Record, provider: str | None) -> bool:
+    """Whether a remembered sender applies to replies through ``provider`` (None: any)."""
+    return provider is None or sender.get("provider", provider) == provider
 
 
 def _request_key(request_id: str) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
+from channel.ledger.traced import operation
 
 MAX_ATTEMPTS = 20
 """Forwarding attempts before an item is declared dead (with the backoff below, about
@@ -90,6 +91,14 @@ class OutboxStats:
     oldest_dead_seconds: float | None
 
 
+@dataclass(frozen=True)
+class Survey:
+    """What one scan of the outbox found: the items due for forwarding, and the counts."""
+
+    due: list[str]
+    stats: OutboxStats
+
+
 class Outbox:
     """Items on their way to Dataverse, over a RecordStore."""
 
@@ -104,6 +113,7 @@ class Outbox:
         self.lease_seconds = lease_seconds
         self.clock = clock
 
+    @operation
     def put(self, key: str, kind: str, payload: dict[str, Any]) -> Lease | None:
         """Keep ``payload`` under ``key`` (first writer wins) and lease it for forwarding.
 
@@ -133,6 +143,7 @@ class Outbox:
             return None
         return Lease(key, item, etag)
 
+    @operation
     def claim(self, key: str, *, force: bool = False) -> Lease | None:
         """Lease a pending item; None if it is forwarded, dead, leased or not due yet.
 
@@ -168,6 +179,7 @@ class Outbox:
                 continue
             return Lease(key, leased, etag)
 
+    @operation
     def forwarded(self, lease: Lease) -> None:
         """Dataverse took the item: remember that, and take the item out of the outbox."""
         marker = {
@@ -190,6 +202,7 @@ class Outbox:
         except StaleRecord:
             self._remove(lease.key)
 
+    @operation
     def failed(
         self, lease: Lease, error: str, *, retry_after: float, maybe_received: bool = False
     ) -> Record:
@@ -211,6 +224,7 @@ class Outbox:
             },
         )
 
+    @operation
     def waiting(self, lease: Lease, reason: str) -> Record:
         """The item cannot be forwarded yet (no call was made): the next timer run tries.
 
@@ -248,23 +262,24 @@ class Outbox:
 
     def due(self, limit: int) -> list[str]:
         """Keys of pending items due for forwarding, oldest first, at most ``limit``."""
-        now = self.clock()
-        due = [
-            (found.data["created_at"], key.removeprefix("outbox:"))
-            for key, found in self.store.scan("outbox")
-            if found.data["state"] == "pending"
-            and found.data["next_at"] <= now
-            and found.data["leased_until"] <= now
-        ]
-        due.sort()
-        return [key for _, key in due[:limit]]
+        return self.survey(limit).due
 
     def stats(self) -> OutboxStats:
         """Counts and ages of what is waiting, for health."""
+        return self.survey(0).stats
+
+    @operation
+    def survey(self, limit: int) -> Survey:
+        """One scan of the outbox: the items due (at most ``limit``) and the counts.
+
+        The timer takes both from the one scan it makes anyway, so the outbox gauges
+        cost no read of their own.
+        """
         now = self.clock()
         ages: dict[str, list[float]] = {"pending": [], "dead": []}
         in_doubt = waiting = 0
-        for _, found in self.store.scan("outbox"):
+        due: list[tuple[float, str]] = []
+        for key, found in self.store.scan("outbox"):
             item = found.data
             ages.setdefault(item["state"], []).append(now - item["created_at"])
             if item["state"] == "pending":
@@ -272,7 +287,10 @@ class Outbox:
                     item.get("call_at") is not None and item["leased_until"] <= now
                 )
                 waiting += bool(item.get("waiting_for"))
-        return OutboxStats(
+                if item["next_at"] <= now and item["leased_until"] <= now:
+                    due.append((item["created_at"], key.removeprefix("outbox:")))
+        due.sort()
+        stats = OutboxStats(
             pending=len(ages["pending"]),
             dead=len(ages["dead"]),
             in_doubt=in_doubt,
@@ -280,7 +298,9 @@ class Outbox:
             oldest_pending_seconds=max(ages["pending"], default=None),
             oldest_dead_seconds=max(ages["dead"], default=None),
         )
+        return Survey([key for _, key in due[:limit]], stats)
 
+    @operation
     def get(self, key: str) -> Record | None:
         """The item as stored (state pending or dead), or its marker (state forwarded)."""
         found = self.store.get(_marker(key)) or self.store.get(_item(key))

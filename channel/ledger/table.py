@@ -37,6 +37,7 @@ from azure.data.tables import TableServiceClient, UpdateMode
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from channel import telemetry
 from channel.budget import time_left
 from channel.errors import StoreUnavailable
 from channel.ledger.store import AlreadyExists, Record, StaleRecord, Versioned, encode_record
@@ -336,6 +337,7 @@ class TableStore:
             options["read_timeout"] = min(self._read_timeout, left)
         with self._count_lock:
             self.round_trips += 1
+        telemetry.round_trip()
 
 
 def _transport(connection_timeout: float, read_timeout: float) -> RequestsTransport:

@@ -22,6 +22,7 @@ _MODULES = {
     "acs": "channel.providers.acs",
     "vonage": "channel.providers.vonage",
     "telnyx": "channel.providers.telnyx",
+    "sinch": "channel.providers.sinch",
 }
 PROVIDER_IDS = tuple(_MODULES)
 """Every value CHANNEL_PROVIDER and the webhook routes' ``{provider}`` take."""
@@ -37,14 +38,17 @@ def spec(provider_id: str) -> ProviderSpec[Any]:
 
 
 def build_provider(
-    settings: Settings, session: requests.Session, tokens: Tokens | None = None
+    settings: Settings,
+    session: requests.Session,
+    tokens: Tokens | None = None,
+    provider_id: str | None = None,
 ) -> Provider:
-    """The sending adapter for ``settings.provider``, wired to the shared HTTP session.
+    """The sending adapter of ``provider_id`` (default: CHANNEL_PROVIDER) on the one session.
 
     ``tokens`` gives the process's one TokenSource, passed on uncalled so that
     azure-identity is imported only by a provider that uses it.
     """
-    chosen = spec(settings.provider)
+    chosen = spec(settings.provider if provider_id is None else provider_id)
     return chosen.sender(chosen.settings_in(settings), settings, session, tokens)
 
 

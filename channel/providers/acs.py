@@ -52,6 +52,7 @@ from channel.providers.base import (
     WebhookReply,
     received_text,
     unsendable,
+    verify_query_secret,
     webhook_field,
 )
 from channel.providers.rest import READ_TIMEOUT, json_object, post_once, retry_after
@@ -342,7 +343,7 @@ class AcsWebhooks:
 
     def verify(self, hook: Webhook) -> None:
         """Accept the call only if its query carries ``secret`` equal to ours."""
-        eventgrid.verify_secret(hook, self._secret)
+        verify_query_secret(hook, self._secret)
 
     def handshake(self, hook: Webhook) -> WebhookReply | None:
         """The answer to Event Grid's subscription validation, in either schema."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import enum
+import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from channel.budget import Budget
 from channel.config import DEFAULT_AMBIGUOUS_GRACE_SECONDS
-from channel.errors import BadRequest
+from channel.errors import BadRequest, Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     import requests
@@ -41,6 +43,10 @@ class OutboundSms:
     ledger: the same for every attempt of a RequestId whose earlier attempt may have
     reached the provider, in any process. A provider that dedupes repeats by an id and
     a first-sent time (ACS) needs both to be stable."""
+    maybe_sent_before: bool = False
+    """An earlier attempt of this RequestId may have reached the provider, and no status
+    callback has told us (the ledger's attempt count). A provider that dedupes nothing
+    but can be asked for a message by our correlation (Sinch) looks for it first."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,11 @@ class StatusReport:
     """Without ``correlation``, our RequestId is the one the ledger recorded for
     ``message_id`` at send (see Accepted); an id not recorded yet may be a send whose
     answer is still on its way."""
+    same_message_only: bool = False
+    """``correlation`` is a field anyone sending through the account may set (Sinch's
+    client_reference, echoed for batches of other systems on the same service plan):
+    once the ledger has recorded the request's answer, the report counts only if it
+    names the message id recorded there."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,20 @@ class WebhookAdapter(Protocol):
         ...
 
 
+def verify_query_secret(hook: Webhook, secret: bytes) -> None:
+    """Accept the call only if its query carries ``secret`` equal to ours.
+
+    For providers that sign nothing (Event Grid, Sinch without signing): the webhook
+    URL set at the provider carries CHANNEL_WEBHOOK_SECRET as ``?secret=``.
+    """
+    values = parse_qs(urlsplit(hook.url).query, keep_blank_values=True).get("secret")
+    if not values or not values[0]:
+        raise Unauthorized("the secret query parameter is missing")
+    # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
+    if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), secret):
+        raise Forbidden("the secret query parameter does not match")
+
+
 def webhook_field(value: str, field: str, limit: int) -> str:
     """``value`` if it can be an id or number: BadRequest naming ``field`` otherwise.
 
@@ -258,7 +283,8 @@ class OwnSettings(Generic[S]):
 
     values: S
     problems: tuple[str, ...] = ()
-    """Refusals to send (health 503) when ``CHANNEL_PROVIDER`` names this provider."""
+    """Refusals to send (health 503) when this provider is in use (``CHANNEL_PROVIDER`` or
+    a ``CHANNEL_ROUTES`` route names it)."""
     notes: tuple[str, ...] = ()
 
 

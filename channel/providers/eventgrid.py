@@ -2,20 +2,20 @@
 
 Event Grid delivers a provider's events (ACS's SMS events) in the Event Grid schema or
 as CloudEvents 1.0, one event or a batch per call. It signs nothing: the subscription
-URL carries ``CHANNEL_WEBHOOK_SECRET`` as the query parameter ``secret``.
+URL carries ``CHANNEL_WEBHOOK_SECRET`` as the query parameter ``secret``
+(``base.verify_query_secret``, shared with Sinch).
 https://learn.microsoft.com/azure/event-grid/webhook-event-delivery
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from channel.errors import BadRequest, Forbidden, Unauthorized
+from channel.errors import BadRequest
 from channel.logs import printable
 from channel.providers.base import Webhook, WebhookReply
 
@@ -25,16 +25,6 @@ T = TypeVar("T")
 MAX_BATCH_BYTES = 1024 * 1024
 """Event Grid delivers batches of up to 1 MB (and drops an event answered 413)."""
 VALIDATION_EVENT = "microsoft.eventgrid.subscriptionvalidationevent"
-
-
-def verify_secret(hook: Webhook, secret: bytes) -> None:
-    """Accept the call only if its query carries ``secret`` equal to ours."""
-    values = parse_qs(urlsplit(hook.url).query, keep_blank_values=True).get("secret")
-    if not values or not values[0]:
-        raise Unauthorized("the secret query parameter is missing")
-    # Compared as bytes: compare_digest raises TypeError on a non-ASCII str.
-    if len(values) != 1 or not hmac.compare_digest(values[0].encode("utf-8"), secret):
-        raise Forbidden("the secret query parameter does not match")
 
 
 def handshake(hook: Webhook) -> WebhookReply | None:

@@ -17,6 +17,10 @@ param vonagePrivateKey string
 param vonageSignatureSecret string
 @secure()
 param telnyxApiKey string
+@secure()
+param sinchApiToken string
+@secure()
+param sinchWebhookSecret string
 
 var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
@@ -107,6 +111,28 @@ resource telnyxApiKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if 
   name: 'telnyx-api-key'
   properties: {
     value: telnyxApiKey
+    contentType: 'text/plain'
+  }
+}
+
+resource sinchApiTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(sinchApiToken)) {
+  // checkov:skip=CKV_AZURE_41: a provider's secret has no fixed lifetime; an expiry would silently stop the channel
+  // checkov:skip=CKV_AZURE_114: contentType is set; checkov does not read the properties of a conditional resource
+  parent: vault
+  name: 'sinch-api-token'
+  properties: {
+    value: sinchApiToken
+    contentType: 'text/plain'
+  }
+}
+
+resource sinchWebhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(sinchWebhookSecret)) {
+  // checkov:skip=CKV_AZURE_41: a provider's secret has no fixed lifetime; an expiry would silently stop the channel
+  // checkov:skip=CKV_AZURE_114: contentType is set; checkov does not read the properties of a conditional resource
+  parent: vault
+  name: 'sinch-webhook-secret'
+  properties: {
+    value: sinchWebhookSecret
     contentType: 'text/plain'
   }
 }

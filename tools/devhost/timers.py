@@ -1,32 +1,29 @@
 """The timer runner: each timer function on its schedule, in its own thread.
 
 Timer functions run on their schedule (``TimerRunner``): a six-field NCRONTAB expression
-(seconds first, ``%SETTING%`` resolved) or a TimeSpan ``hh:mm:ss``, each function in its
-own thread, one run at a time. As in the host, the next occurrence is counted from the
-start of a run, so a run that overruns it is followed at once by a single late run;
-``runOnStartup`` runs the function at start-up. A bad schedule is listed as "not served".
-On SIGINT/SIGTERM the timers stop with the server; a run under way may finish (10 s).
+(seconds first), each function in its own thread, one run at a time. As in the host, the
+next occurrence is counted from the start of a run, so a run that overruns it is followed
+at once by a single late run; ``runOnStartup`` runs the function at start-up. A bad
+schedule is listed as "not served". On SIGINT/SIGTERM the timers stop with the server; a
+run under way may finish (10 s).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 from azure.functions.timer import TimerRequest
 
-from channel.devhost.index import TimerFunction
-from channel.devhost.schedule import _stamp, utc_now
+from tools.devhost.index import TimerFunction
+from tools.devhost.schedule import stamp, utc_now
 
-log = logging.getLogger("channel.devhost")  # also when run as __main__
+log = logging.getLogger("tools.devhost")  # also when run as __main__
 
-_DRAIN_SECONDS = 10.0
+DRAIN_SECONDS = 10.0
 _MAX_SLEEP_SECONDS = 30.0
 """The longest a timer sleeps before looking at the wall clock again (it may have jumped)."""
 
@@ -73,7 +70,7 @@ class TimerRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-        self.join(_DRAIN_SECONDS)
+        self.join(DRAIN_SECONDS)
 
     @property
     def busy(self) -> list[str]:
@@ -119,7 +116,7 @@ class TimerRunner:
                     log.warning(
                         "timer %s ran past its next occurrence (%s): running it now",
                         timer.name,
-                        _stamp(due),
+                        stamp(due),
                     )
         except Exception:
             log.exception("timer %s stopped: its schedule failed", timer.name)
@@ -140,9 +137,7 @@ class TimerRunner:
             self._busy.add(timer.name)
         started = time.perf_counter()
         try:
-            result = timer.function(**{timer.arg_name: TimerRequest(past_due=False)})
-            if inspect.isawaitable(result):
-                asyncio.run(_await(result))
+            timer.function(**{timer.arg_name: TimerRequest(past_due=False)})
         except Exception:
             elapsed = (time.perf_counter() - started) * 1000
             log.exception("timer %s failed in %.0f ms", timer.name, elapsed)
@@ -152,7 +147,3 @@ class TimerRunner:
         finally:
             with self._lock:
                 self._busy.discard(timer.name)
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable

@@ -1,6 +1,6 @@
 """A local stand-in for the Azure Functions host: serves HTTP functions, runs timer functions.
 
-Run ``python -m channel.devhost [--host 127.0.0.1] [--port 7071]`` from the app's root
+Run ``python -m tools.devhost [--host 127.0.0.1] [--port 7071]`` from the app's root
 (the folder with ``function_app.py`` and ``host.json``). Like ``func start`` it reads
 ``local.settings.json`` (its ``Values`` become environment variables unless already set),
 indexes the app once (``app.get_functions()``), mounts every HTTP function at its route
@@ -26,16 +26,17 @@ from types import FrameType
 
 from werkzeug.serving import make_server
 
-from channel.devhost.index import (
+from tools import trace_console
+from tools.devhost.index import (
     describe,
     load_function_app,
     load_local_settings,
     read_host_settings,
 )
-from channel.devhost.server import QuietRequestHandler, build_wsgi_app
-from channel.devhost.timers import _DRAIN_SECONDS
+from tools.devhost.server import QuietRequestHandler, build_wsgi_app
+from tools.devhost.timers import DRAIN_SECONDS
 
-log = logging.getLogger("channel.devhost")  # also when run as __main__
+log = logging.getLogger("tools.devhost")  # also when run as __main__
 
 KEY_ENV = "CHANNEL_DEVHOST_KEY"
 
@@ -43,7 +44,7 @@ KEY_ENV = "CHANNEL_DEVHOST_KEY"
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the app in the current directory until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m channel.devhost", description=__doc__.splitlines()[0]
+        prog="python -m tools.devhost", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=7071, help="port to bind (7071; 0 = any)")
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path.cwd()
     loaded = load_local_settings(root / "local.settings.json")
     settings = read_host_settings(root / "host.json")
+    tracing = trace_console.install()  # CHANNEL_TRACE=console, before the app is loaded
     key = os.environ.get(KEY_ENV) or ""
     key_hint = f"${KEY_ENV}"
     if not key:
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_url = f"http://{address}:{server.server_port}"
     if loaded:
         print(f"devhost: {len(loaded)} settings from local.settings.json", flush=True)
+    if tracing:
+        print(tracing, flush=True)
     for line in describe(host.index, base_url, key_hint=key_hint):
         print(line, flush=True)
     time_zone = os.environ.get("WEBSITE_TIME_ZONE")
@@ -95,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         timers.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    deadline = time.monotonic() + _DRAIN_SECONDS
-    if not host.throttle.wait_idle(_DRAIN_SECONDS):
+    deadline = time.monotonic() + DRAIN_SECONDS
+    if not host.throttle.wait_idle(DRAIN_SECONDS):
         log.warning("stopping with %s requests still running", host.throttle.outstanding)
     if not timers.join(max(0.0, deadline - time.monotonic())):
         log.warning("stopping with timer functions still running: %s", ", ".join(timers.busy))

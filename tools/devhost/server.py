@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import inspect
 import logging
 import threading
 import time
@@ -17,15 +15,14 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from channel.devhost.index import UNBOUNDED, AppIndex, HttpRoute, index_app
-from channel.devhost.routes import _CONVERTERS
-from channel.devhost.schedule import utc_now
-from channel.devhost.timers import Clock, Sleeper, TimerRunner, _await
+from tools.devhost.index import UNBOUNDED, AppIndex, HttpRoute, index_app
+from tools.devhost.schedule import utc_now
+from tools.devhost.timers import Clock, Sleeper, TimerRunner
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-log = logging.getLogger("channel.devhost")  # also when run as __main__
+log = logging.getLogger("tools.devhost")  # also when run as __main__
 
 MAX_BODY_BYTES = 104_857_600
 """The host's default request body limit (100 MB)."""
@@ -88,7 +85,7 @@ class DevHost:
         self.throttle = Throttle(max_concurrent, max_outstanding)
         self._key = key.encode("utf-8")
         self._routes = {route.name: route for route in index.routes}
-        self._map = Map(strict_slashes=False, merge_slashes=False, converters=_CONVERTERS)
+        self._map = Map(strict_slashes=False, merge_slashes=False)
         for route in index.routes:
             rule = Rule(route.path, endpoint=route.name, methods=route.methods)
             if route.methods is not None:
@@ -147,8 +144,6 @@ class DevHost:
         )
         try:
             result = route.function(**{route.binding_name: req})
-            if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
         except Exception:
             log.exception("function %s raised; answering 500", route.name)
             return _empty(500)

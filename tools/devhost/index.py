@@ -7,7 +7,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,15 +15,8 @@ from typing import Any
 
 import azure.functions as func
 
-from channel.devhost.routes import _under_prefix, route_to_rule
-from channel.devhost.schedule import (
-    Schedule,
-    ScheduleError,
-    _stamp,
-    parse_schedule,
-    resolve_settings,
-    utc_now,
-)
+from tools.devhost.routes import route_to_rule, url_path
+from tools.devhost.schedule import Schedule, ScheduleError, parse_schedule, stamp, utc_now
 
 UNBOUNDED = -1
 _KEYED_LEVELS = frozenset({"FUNCTION", "ADMIN", "SYSTEM"})
@@ -71,7 +64,6 @@ class TimerFunction:
 
     name: str
     schedule: Schedule
-    """The parsed schedule, ``%SETTING%`` references resolved."""
     arg_name: str
     run_on_startup: bool
     use_monitor: bool | None
@@ -97,18 +89,13 @@ class HostSettings:
     max_outstanding: int = UNBOUNDED
 
 
-def index_app(
-    app: func.FunctionApp, route_prefix: str, *, settings: Mapping[str, str] | None = None
-) -> AppIndex:
-    """Read the app's indexed metadata (``get_functions()``, called once) as the host does.
-
-    ``settings`` (the environment by default) resolves ``%NAME%`` in timer schedules.
-    """
+def index_app(app: func.FunctionApp, route_prefix: str) -> AppIndex:
+    """Read the app's indexed metadata (``get_functions()``, called once) as the host does."""
     routes: list[HttpRoute] = []
     timers: list[TimerFunction] = []
     unserved: list[UnservedFunction] = []
     for fn in app.get_functions():
-        entry = _index_function(fn, route_prefix, os.environ if settings is None else settings)
+        entry = _index_function(fn, route_prefix)
         if isinstance(entry, HttpRoute):
             routes.append(entry)
         elif isinstance(entry, TimerFunction):
@@ -118,9 +105,7 @@ def index_app(
     return AppIndex(tuple(routes), tuple(unserved), tuple(timers))
 
 
-def _index_function(
-    fn: Any, route_prefix: str, settings: Mapping[str, str]
-) -> HttpRoute | TimerFunction | UnservedFunction:
+def _index_function(fn: Any, route_prefix: str) -> HttpRoute | TimerFunction | UnservedFunction:
     name: str = fn.get_function_name()
     user: UserFunction = fn.get_user_function()
     bindings: list[dict[str, Any]] = [json.loads(raw) for raw in fn.get_raw_bindings()]
@@ -130,8 +115,11 @@ def _index_function(
     if trigger is None:
         return UnservedFunction(name, "none", "no trigger binding", {}, user)
     kind = str(trigger["type"]).removesuffix("Trigger").removesuffix("trigger")
+    if inspect.iscoroutinefunction(user):
+        # The app's functions are synchronous; an event loop here would be untested code.
+        return UnservedFunction(name, kind.lower(), "async functions", trigger, user)
     if kind.lower() == "timer":
-        return _index_timer(name, user, trigger, bindings, settings)
+        return _index_timer(name, user, trigger, bindings)
     if kind.lower() != "http":
         return UnservedFunction(name, kind, kind, trigger, user)
     return _index_http(name, user, trigger, bindings, route_prefix)
@@ -167,7 +155,7 @@ def _index_http(
         name=name,
         template=template,
         path=path,
-        url_path=_under_prefix(route_prefix, template),
+        url_path=url_path(route_prefix, template),
         methods=frozenset(str(m).upper() for m in methods) if methods else None,
         auth_level=str(trigger.get("authLevel") or "FUNCTION").upper(),
         binding_name=binding_name,
@@ -180,7 +168,6 @@ def _index_timer(
     user: UserFunction,
     trigger: dict[str, Any],
     bindings: list[dict[str, Any]],
-    settings: Mapping[str, str],
 ) -> TimerFunction | UnservedFunction:
     others = sorted({str(b.get("type")) for b in bindings if b is not trigger})
     if others:
@@ -196,7 +183,7 @@ def _index_timer(
         )
         return UnservedFunction(name, "timer", reason, trigger, user)
     try:
-        schedule = parse_schedule(resolve_settings(str(trigger.get("schedule") or ""), settings))
+        schedule = parse_schedule(str(trigger.get("schedule") or ""))
     except ScheduleError as exc:
         return UnservedFunction(name, "timer", f"bad schedule: {exc}", trigger, user)
     monitor = trigger.get("useMonitor")
@@ -267,7 +254,7 @@ def describe(
     now = utc_now() if now is None else now
     for timer in index.timers:
         first = "at start-up, then " if timer.run_on_startup else ""
-        next_run = _stamp(timer.schedule.next_after(now))
+        next_run = stamp(timer.schedule.next_after(now))
         lines.append(f"{timer.name}: timer {timer.schedule.text} ({first}next {next_run})")
     lines.extend(f"{fn.name}: not served ({fn.reason})" for fn in index.unserved)
     return lines
