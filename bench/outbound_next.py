@@ -1,4 +1,4 @@
-"""Outbound overhead with each REST provider after Twilio: Vonage, Telnyx, ACS, Sinch, warm.
+"""Warm outbound overhead of each REST provider after Twilio: Vonage, Telnyx, ACS, Sinch, Plivo.
 
 One ratio per provider (``--provider``, all of them by default): the median latency of the
 ``outbound`` function (called as the host calls it; embedded SQLite ledger in a temp dir;
@@ -9,11 +9,11 @@ side pays what each adapter adds per message: Vonage's JSON body and its applica
 (reused, see ``TOKEN_REUSE``); Telnyx's byte-exact body, its UUIDv5 Idempotency-Key and
 the ledger record of its message id; ACS's JSON body, its repeatability id and first-sent
 time, the SHA-256 of the body and the HMAC signature; Sinch's JSON batch with its
-client_reference. Alternating blocks after a warm-up,
-so drift cancels out. Target: <= 1.3 each.
+client_reference; Plivo's JSON body, Basic auth and the ledger record of its message uuid.
+Alternating blocks after a warm-up, so drift cancels out. Target: <= 1.3 each.
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound_next [--iterations N]
-[--provider vonage|telnyx|acs|sinch ...]``.
+[--provider vonage|telnyx|acs|sinch|plivo ...]``.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ from tests.data import (
 )
 
 WARM_TARGET = 1.3
-PROVIDERS = ("vonage", "telnyx", "acs", "sinch")
+PROVIDERS = ("vonage", "telnyx", "acs", "sinch", "plivo")
 
 
 def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, str]:
     """The process environment with the channel sending through ``provider`` at ``base_url``."""
+    from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN
     from tests.fake_telnyx import PUBLIC_KEY
     from tests.fake_vonage import PRIVATE_KEY_PEM
 
@@ -81,6 +82,10 @@ def provider_env(provider: str, base_url: str, ledger_path: str) -> dict[str, st
             SINCH_API_TOKEN=SINCH_API_TOKEN,
             SINCH_BASE_URL=base_url,
         )
+    elif provider == "plivo":
+        env.update(
+            PLIVO_AUTH_ID=PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN=PLIVO_AUTH_TOKEN, PLIVO_BASE_URL=base_url
+        )
     else:
         env.update(ACS_ENDPOINT=base_url, ACS_ACCESS_KEY=ACS_ACCESS_KEY)
     return env
@@ -103,6 +108,10 @@ def serve_fake(provider: str, server: FastServer) -> tuple[Any, int]:
         from tests.fake_sinch import FakeSinch
 
         return FakeSinch(server.as_httpserver()), 201
+    if provider == "plivo":
+        from tests.fake_plivo import FakePlivo
+
+        return FakePlivo(server.as_httpserver()), 202
     from tests.fakes import FakeAcs
 
     return FakeAcs(server.as_httpserver(), key=base64.b64decode(ACS_ACCESS_KEY)), 202
@@ -114,7 +123,7 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
     Reads the settings :func:`provider_env` put in the environment.
     """
     from channel.config import Settings
-    from channel.providers import acs, telnyx, vonage
+    from channel.providers import acs, plivo, telnyx, vonage
     from channel.providers.base import OutboundSms
 
     settings = Settings.from_env()
@@ -149,6 +158,17 @@ def bare_request(provider: str) -> tuple[str, bytes, dict[str, str]]:
             "Content-Type": "application/json",
         }
         return "", sinch_sender.body(sms), headers
+    if provider == "plivo":
+        from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN
+
+        plivo_sender = plivo.sender(plivo.SPEC.settings_in(settings), settings, session, None)
+        basic = base64.b64encode(f"{PLIVO_AUTH_ID}:{PLIVO_AUTH_TOKEN}".encode()).decode()
+        headers = {
+            "Authorization": f"Basic {basic}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        return "", json.dumps(plivo_sender.body(sms), ensure_ascii=False).encode(), headers
     own_acs = acs.SPEC.settings_in(settings)
     provider_acs = acs.AcsProvider(
         endpoint=str(own_acs.endpoint),

@@ -291,9 +291,11 @@ class OutboundService:
     def _remember_message(self, provider: str, rid: str, message_id: str) -> None:
         """Record which RequestId the provider's message id belongs to, before answering.
 
-        Its reports will name nothing else. If the record cannot be written, the send is
-        treated as ambiguous: a later attempt repeats it under the provider's
-        idempotency key, gets the same id back and records it then.
+        Its reports will name nothing else (Telnyx; Plivo's V2-signed ones). If the
+        record cannot be written, the send is treated as ambiguous: a provider that
+        dedupes (Telnyx) answers a later attempt under its idempotency key with the same
+        id, recorded then; for one that does not (Plivo), a status callback naming our
+        RequestId settles it, as after any unknown outcome.
         """
         try:
             self.ledger.remember_message(provider, message_id, rid)

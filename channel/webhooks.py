@@ -11,7 +11,13 @@ from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import Dataverse
-from channel.errors import ChannelError, DataverseUnavailable, NotConfigured, ServiceUnavailable
+from channel.errors import (
+    ChannelError,
+    DataverseUnavailable,
+    Forbidden,
+    NotConfigured,
+    ServiceUnavailable,
+)
 from channel.ledger import MessageLedger
 from channel.ledger.outbox import Lease, Outbox
 from channel.logs import log_unexpected
@@ -52,7 +58,7 @@ class WebhookService:
         self, adapter: WebhookAdapter, hook: Webhook, budget: Budget
     ) -> WebhookReply:
         """Handle a status callback: report each final state once, acknowledge the rest."""
-        _verify(adapter, hook)
+        self._verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -64,7 +70,7 @@ class WebhookService:
 
     def inbound(self, adapter: WebhookAdapter, hook: Webhook, budget: Budget) -> WebhookReply:
         """Handle an inbound call: hand each customer message to Dataverse once."""
-        _verify(adapter, hook)
+        self._verify(adapter, hook)
         handshake = adapter.handshake(hook)
         if handshake is not None:
             return handshake
@@ -73,6 +79,20 @@ class WebhookService:
             lambda sms: self._traced_receive(adapter.id, sms, budget),
         )
         return adapter.acknowledge(hook)
+
+    def _verify(self, adapter: WebhookAdapter, hook: Webhook) -> None:
+        """The adapter's signature check and the ledger's of its nonce, in one span."""
+        with telemetry.step("webhook.verify", {telemetry.PROVIDER: adapter.id}) as step:
+            try:
+                nonce = adapter.verify(hook)
+                if nonce is not None:
+                    new = self.ledger.first_sight(adapter.id, nonce.value)
+                    if nonce.must_be_new and not new:
+                        raise Forbidden("the signature's nonce was seen before: a replayed call")
+            except ChannelError as exc:
+                step.set({telemetry.VERIFICATION: exc.slug})
+                raise
+            step.set({telemetry.VERIFICATION: "valid"})
 
     def forward(self, lease: Lease, budget: Budget) -> None:
         """Hand one leased outbox item to Dataverse.
@@ -327,14 +347,3 @@ class WebhookService:
                 failure = failure or exc
         if failure is not None:
             raise failure
-
-
-def _verify(adapter: WebhookAdapter, hook: Webhook) -> None:
-    """The adapter's signature check in a span of its own, with its result."""
-    with telemetry.step("webhook.verify", {telemetry.PROVIDER: adapter.id}) as step:
-        try:
-            adapter.verify(hook)
-        except ChannelError as exc:
-            step.set({telemetry.VERIFICATION: exc.slug})
-            raise
-        step.set({telemetry.VERIFICATION: "valid"})

@@ -11,8 +11,8 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-@description('The SMS provider: twilio, acs, vonage, telnyx, sinch or loopback (sends nothing; for a first try).')
-@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'sinch', 'loopback'])
+@description('The SMS provider: twilio, acs, vonage, telnyx, sinch, plivo or loopback (sends nothing; for a first try).')
+@allowed(['twilio', 'acs', 'vonage', 'telnyx', 'sinch', 'plivo', 'loopback'])
 param channelProvider string
 
 @description('The Dataverse environment URL, e.g. https://contoso.crm.dynamics.com')
@@ -92,6 +92,13 @@ param sinchBaseUrl string = ''
 @description('Sinch: optional webhook signing secret (signing enabled by Sinch); stored in Key Vault only.')
 param sinchWebhookSecret string = ''
 
+@description('Plivo: the auth id (MA... or a subaccount\'s SA...).')
+param plivoAuthId string = ''
+
+@secure()
+@description('Plivo: the auth token (sends and signs webhooks); stored in Key Vault only.')
+param plivoAuthToken string = ''
+
 @description('Optional: an email address the alert rules (dead outbox items, NotSent or provider 5xx rate, refused webhooks) write to.')
 param alertEmail string = ''
 
@@ -141,6 +148,8 @@ var channelSettings = {
   SINCH_API_TOKEN: empty(sinchApiToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-api-token)'
   SINCH_BASE_URL: sinchBaseUrl
   SINCH_WEBHOOK_SECRET: empty(sinchWebhookSecret) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=sinch-webhook-secret)'
+  PLIVO_AUTH_ID: plivoAuthId
+  PLIVO_AUTH_TOKEN: empty(plivoAuthToken) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=plivo-auth-token)'
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -214,6 +223,7 @@ module keyVault 'app/keyvault.bicep' = {
     telnyxApiKey: telnyxApiKey
     sinchApiToken: sinchApiToken
     sinchWebhookSecret: sinchWebhookSecret
+    plivoAuthToken: plivoAuthToken
   }
 }
 

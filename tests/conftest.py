@@ -18,7 +18,7 @@ from tests.data import SENSITIVE, TWILIO_SID, TWILIO_TOKEN
 from tests.fakes import IDENTITY_SECRET, FakeDataverse, FakeIdentity, FakeTwilio
 
 _PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "IDENTITY_", "MSI_", "WEBSITE_")
-_PROVIDER_PREFIXES = ("VONAGE_", "TELNYX_", "SINCH_")
+_PROVIDER_PREFIXES = ("VONAGE_", "TELNYX_", "SINCH_", "PLIVO_")
 
 Configure = Callable[..., None]
 Call = Callable[..., func.HttpResponse]

@@ -57,7 +57,7 @@ def test_outbound_bench() -> None:
 
 def test_outbound_next_bench_measures_every_provider() -> None:
     output = run_bench("outbound_next")
-    for provider in ("vonage", "telnyx", "acs", "sinch"):
+    for provider in ("vonage", "telnyx", "acs", "sinch", "plivo"):
         assert re.search(
             rf"^warm outbound overhead \({provider}\): {FIGURE} \(target <= 1\.3\)", output, re.M
         ), output
@@ -68,6 +68,7 @@ def test_outbound_next_bench_takes_one_provider() -> None:
     assert "warm outbound overhead (acs)" in output
     assert "vonage" not in output
     assert "telnyx" not in output
+    assert "plivo" not in output
 
 
 def test_delivery_report_bench_with_profile() -> None:

@@ -52,7 +52,8 @@ def test_every_problem_is_listed_not_just_the_first() -> None:
 def test_unknown_provider_is_a_problem() -> None:
     settings = Settings.from_env({"CHANNEL_PROVIDER": "carrier-pigeon"})
     assert settings.problems == (
-        "CHANNEL_PROVIDER is not a known provider (loopback, twilio, acs, vonage, telnyx, sinch)",
+        "CHANNEL_PROVIDER is not a known provider "
+        "(loopback, twilio, acs, vonage, telnyx, sinch, plivo)",
     )
 
 

@@ -69,6 +69,7 @@ NOT_WRITTEN = {
     "TWILIO_BASE_URL": "for tests against a local fake",
     "VONAGE_BASE_URL": "for tests against a local fake",
     "TELNYX_BASE_URL": "for tests against a local fake",
+    "PLIVO_BASE_URL": "for tests against a local fake",
     "CHANNEL_MESSAGE_PART": "the default (text) is what SMS channels use",
     "CHANNEL_TIME_BUDGET_SECONDS": "the default fits the plugin's timeout",
     "CHANNEL_AMBIGUOUS_GRACE_SECONDS": "the default is tied to the provider",
@@ -128,6 +129,11 @@ AZD_ENV = {
         "SINCH_SERVICE_PLAN_ID": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
         "SINCH_API_TOKEN": "sinch-api-token-value",
         "SINCH_WEBHOOK_SECRET": "sinch-webhook-secret-value",
+    },
+    "plivo": {
+        "CHANNEL_PROVIDER": "plivo",
+        "PLIVO_AUTH_ID": "MAZDQ1ZDA0YJQ5ZJK0MZ",
+        "PLIVO_AUTH_TOKEN": "plivo-auth-token-value",
     },
     "loopback": {"CHANNEL_PROVIDER": "loopback"},
 }
@@ -487,6 +493,7 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         "TELNYX_API_KEY",
         "SINCH_API_TOKEN",
         "SINCH_WEBHOOK_SECRET",
+        "PLIVO_AUTH_TOKEN",
     } <= secrets
     env = azd_env(
         "twilio",
@@ -497,6 +504,7 @@ def test_every_secret_setting_is_a_key_vault_reference_to_its_own_secret() -> No
         TELNYX_API_KEY="telnyx-key",
         SINCH_API_TOKEN="sinch-token",
         SINCH_WEBHOOK_SECRET="sinch-signing-secret",
+        PLIVO_AUTH_TOKEN="plivo-token",
     )
     written = app_settings(Deployment(env, AZURE_OUTPUTS))
     vault = Deployment(env, AZURE_OUTPUTS).eval(MAIN, "keyVaultName")

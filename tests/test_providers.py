@@ -28,8 +28,8 @@ def test_each_registry_line_leads_to_the_spec_of_that_provider(provider_id: str)
 
 
 def test_an_unknown_provider_is_not_found_and_named() -> None:
-    with pytest.raises(NotFound, match="no provider 'plivo' \\(known: loopback, twilio"):
-        spec("plivo")
+    with pytest.raises(NotFound, match="no provider 'pigeon' \\(known: loopback, twilio"):
+        spec("pigeon")
 
 
 def test_a_provider_without_webhooks_says_so() -> None:

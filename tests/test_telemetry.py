@@ -591,6 +591,30 @@ def test_refused_webhooks_are_counted_by_reason(call: Call, twilio: FakeTwilio, 
     assert [s.name for s in sink.spans() if s.name.startswith("ledger ")] == []
 
 
+def test_a_replayed_plivo_nonce_is_a_failed_verification(
+    call: Call, configure: Configure, sink: Sink
+) -> None:
+    """The nonce a V2 signature rests on is checked in the ledger within webhook.verify."""
+    from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN, nonce
+    from tests.test_webhooks_plivo import PUBLIC_URL, v2_status
+
+    configure(
+        CHANNEL_PROVIDER="plivo",
+        PLIVO_AUTH_ID=PLIVO_AUTH_ID,
+        PLIVO_AUTH_TOKEN=PLIVO_AUTH_TOKEN,
+        CHANNEL_PUBLIC_URL=PUBLIC_URL,
+    )
+    once = nonce()
+    assert v2_status(call, "some-message", "sent", once=once).status_code == 200
+    assert v2_status(call, "some-message", "sent", once=once).status_code == 403
+    checks = sink.named("webhook.verify")
+    verdicts = [s.attributes["sms.webhook.verification"] for s in checks]  # type: ignore[index]
+    assert verdicts == ["valid", "forbidden"]
+    for check in checks:
+        nonce_checks = [s for s in sink.named("ledger first_sight") if child_of(s, check)]
+        assert len(nonce_checks) == 1
+
+
 # --- the guard --------------------------------------------------------------------------
 
 

@@ -289,6 +289,19 @@ class MessageLedger:
         return None if found is None else str(found.data["request_id"])
 
     @operation
+    def first_sight(self, provider: str, nonce: str) -> bool:
+        """Keep ``provider``'s webhook nonce; True if it was never seen before.
+
+        One conditional insert, so two calls with one nonce, on any instances, cannot
+        both see it first. Kept for NONCE_RETENTION_DAYS (see channel.ledger.retention).
+        """
+        try:
+            self.store.insert(f"nonce:{provider}:{nonce}", {"created_at": self.clock()})
+        except AlreadyExists:
+            return False
+        return True
+
+    @operation
     def get(self, request_id: str) -> Record | None:
         """The request record as stored (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))

@@ -21,10 +21,15 @@ from channel.ledger.store import AlreadyExists, Record, RecordStore, StaleRecord
 
 log = logging.getLogger(__name__)
 
-EXPIRING_KINDS = ("request", "outbox", "forwarded", "message")
+EXPIRING_KINDS = ("request", "outbox", "forwarded", "message", "nonce")
 """Record kinds that age out, in the order a sweep visits them (``message``: the message
-id -> RequestId records of providers that echo only their id). ``sender`` records (how
-Dataverse writes our own numbers) stay: they are configuration, not message history."""
+id -> RequestId records of providers that echo only their id; ``nonce``: webhook nonces
+seen, see MessageLedger.first_sight). ``sender`` records (how Dataverse writes our own
+numbers) stay: they are configuration, not message history."""
+
+NONCE_RETENTION_DAYS = 1.0
+"""How long a webhook nonce is kept: a day, longer than Plivo retries a callback (about
+7 minutes); a nonce is refused again for as long as it is kept."""
 
 MARKER_RETENTION_DAYS = 365.0
 """How long a ``forwarded`` marker is kept (or CHANNEL_RETENTION_DAYS if longer)."""
@@ -57,6 +62,7 @@ def sweep(
         "outbox": now - retention_days * DAY,
         "forwarded": now - max(retention_days, MARKER_RETENTION_DAYS) * DAY,
         "message": now - retention_days * DAY,
+        "nonce": now - NONCE_RETENTION_DAYS * DAY,
     }
     saved = store.get(CURSOR_KEY)
     index, after = _position(saved.data if saved is not None else None)

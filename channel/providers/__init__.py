@@ -23,6 +23,7 @@ _MODULES = {
     "vonage": "channel.providers.vonage",
     "telnyx": "channel.providers.telnyx",
     "sinch": "channel.providers.sinch",
+    "plivo": "channel.providers.plivo",
 }
 PROVIDER_IDS = tuple(_MODULES)
 """Every value CHANNEL_PROVIDER and the webhook routes' ``{provider}`` take."""

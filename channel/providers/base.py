@@ -203,6 +203,21 @@ class WebhookReply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Nonce:
+    """A one-time value a verified call's signature covers, for the ledger to keep.
+
+    A signature that covers neither the body nor a time (Plivo's V2) proves only that
+    the provider once signed this nonce: the call is genuine the first time the nonce
+    is seen, and a replay (with any body) after that.
+    """
+
+    value: str
+    must_be_new: bool = True
+    """False: the call is proven otherwise (Plivo's V3 alongside V2); the nonce is only
+    kept, so that a later call cannot reuse it with the weaker proof alone."""
+
+
 class WebhookAdapter(Protocol):
     """What a provider adapter does for the webhook routes: verify, then parse."""
 
@@ -210,8 +225,12 @@ class WebhookAdapter(Protocol):
     max_body_bytes: int
     """The largest body the provider sends; a larger one is refused (413) unread."""
 
-    def verify(self, hook: Webhook) -> None:
-        """Raise Unauthorized or Forbidden unless the call provably comes from the provider."""
+    def verify(self, hook: Webhook) -> Nonce | None:
+        """Raise Unauthorized or Forbidden unless the call provably comes from the provider.
+
+        A Nonce returned is part of the proof: the caller keeps it, and refuses the call
+        (403) if it must be new and was seen before.
+        """
         ...
 
     def handshake(self, hook: Webhook) -> WebhookReply | None:

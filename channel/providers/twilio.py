@@ -18,6 +18,7 @@ from channel.budget import Budget
 from channel.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from channel.logs import printable
 from channel.phone import MAX_NUMBER_CHARS, mask
+from channel.providers import forms
 from channel.providers.base import (
     MAX_ID_CHARS,
     Accepted,
@@ -241,10 +242,10 @@ class TwilioWebhooks:
             # made a forged bodySHA256 (e.g. %C3%A9) a 500 instead of a 403.
             if not hmac.compare_digest(digest.encode(), query["bodySHA256"][0].encode()):
                 raise Forbidden("the body does not match its bodySHA256")
-            params: dict[str, list[str]] = {}
+            params: forms.Form = {}
         else:
             try:
-                params = _form(hook)
+                params = forms.form(hook)
             except BadRequest:
                 # Twilio signs UTF-8 form data: a body that is not fails authentication
                 # (403), it is not a malformed genuine call (400).
@@ -274,9 +275,9 @@ class TwilioWebhooks:
 
     def status_reports(self, hook: Webhook) -> list[StatusReport]:
         """The one status a callback carries, with our RequestId from its URL."""
-        form = _form(hook)
-        sid = _one(form, "MessageSid") or _one(form, "SmsSid")
-        status = (_one(form, "MessageStatus") or _one(form, "SmsStatus") or "").lower()
+        form = forms.form(hook)
+        sid = forms.one(form, "MessageSid") or forms.one(form, "SmsSid")
+        status = (forms.one(form, "MessageStatus") or forms.one(form, "SmsStatus") or "").lower()
         if not sid or not status:
             raise BadRequest("MessageSid" if not sid else "MessageStatus", "is required")
         webhook_field(sid, "MessageSid", MAX_ID_CHARS)
@@ -289,20 +290,20 @@ class TwilioWebhooks:
             state = DeliveryState.NOT_DELIVERED
         else:  # queued, accepted, scheduled, sending, sent, receiving, and any new one
             state = DeliveryState.PENDING
-        error = printable(_one(form, "ErrorCode") or "")
+        error = printable(forms.one(form, "ErrorCode") or "")
         return [StatusReport(sid, state, correlation, detail=f"{status} {error}".strip())]
 
     def received_messages(self, hook: Webhook) -> list[ReceivedSms]:
         """The customer's message of an inbound call."""
-        form = _form(hook)
+        form = forms.form(hook)
         for field, limit in (("MessageSid", MAX_ID_CHARS), ("From", MAX_NUMBER_CHARS)):
-            if not _one(form, field):
+            if not forms.one(form, field):
                 raise BadRequest(field, "is required")
-            webhook_field(_one(form, field), field, limit)
-        if not _one(form, "To"):
+            webhook_field(forms.one(form, field), field, limit)
+        if not forms.one(form, "To"):
             raise BadRequest("To", "is required")
-        webhook_field(_one(form, "To"), "To", MAX_NUMBER_CHARS)
-        sid, body = _one(form, "MessageSid"), _one(form, "Body")
+        webhook_field(forms.one(form, "To"), "To", MAX_NUMBER_CHARS)
+        sid, body = forms.one(form, "MessageSid"), forms.one(form, "Body")
         text = received_text(body, MAX_BODY_CHARS)
         if text != body:
             log.warning(
@@ -314,8 +315,8 @@ class TwilioWebhooks:
         return [
             ReceivedSms(
                 message_id=sid,
-                customer=_one(form, "From"),
-                our_number=_one(form, "To"),
+                customer=forms.one(form, "From"),
+                our_number=forms.one(form, "To"),
                 text=text,
             )
         ]
@@ -328,20 +329,7 @@ class TwilioWebhooks:
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
-def _form(hook: Webhook) -> dict[str, list[str]]:
-    try:
-        text = hook.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("body", "not UTF-8 form data") from None
-    return parse_qs(text, keep_blank_values=True)
-
-
-def _one(form: dict[str, list[str]], name: str) -> str:
-    values = form.get(name)
-    return values[0] if values else ""
-
-
-def _signed_params(params: dict[str, list[str]]) -> str:
+def _signed_params(params: forms.Form) -> str:
     """Each name and value, names and values sorted: what follows the URL in signed data."""
     return "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
 

@@ -21,6 +21,8 @@ param telnyxApiKey string
 param sinchApiToken string
 @secure()
 param sinchWebhookSecret string
+@secure()
+param plivoAuthToken string
 
 var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
@@ -133,6 +135,17 @@ resource sinchWebhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01'
   name: 'sinch-webhook-secret'
   properties: {
     value: sinchWebhookSecret
+    contentType: 'text/plain'
+  }
+}
+
+resource plivoAuthTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(plivoAuthToken)) {
+  // checkov:skip=CKV_AZURE_41: a provider's secret has no fixed lifetime; an expiry would silently stop the channel
+  // checkov:skip=CKV_AZURE_114: contentType is set; checkov does not read the properties of a conditional resource
+  parent: vault
+  name: 'plivo-auth-token'
+  properties: {
+    value: plivoAuthToken
     contentType: 'text/plain'
   }
 }
