@@ -9,9 +9,11 @@ which answers 201 at once; a new RequestId per call) over the median of a bare
 connection to one server, in alternating blocks after a warm-up, so drift cancels out.
 *Cold*: the wall time of a fresh interpreter that imports ``function_app``, indexes it and
 answers one outbound request, over a fresh interpreter that imports ``azure.functions``
-and ``requests`` and makes one bare POST to the same fake. Targets: warm <= 1.3, cold <= 1.5.
-With ``--table``, also the warm figure with the Table Storage ledger on Azurite (no target;
-its round trips per event are ``bench.table_round_trips``'s figure).
+and ``requests`` and makes one bare POST to the same fake, both with their byte-code
+caches written (as on any machine whose sources are writable). Targets: warm <= 1.3,
+cold <= 1.3 (issue 14). With ``--table``, also the warm figure with the Table Storage
+ledger on Azurite (no target; its round trips per event are ``bench.table_round_trips``'s
+figure).
 
 Run from the repository root: ``.venv/bin/python -m bench.outbound [--iterations N]
 [--cold-runs N] [--table]``.
@@ -51,7 +53,7 @@ from bench.common import (
 from tests.fakes import FakeTwilio
 
 WARM_TARGET = 1.3
-COLD_TARGET = 1.5
+COLD_TARGET = 1.3
 
 
 def measure_warm(server: FastServer, iterations: int, ledger_dir: Path, **ledger_env: str) -> Warm:
@@ -117,6 +119,10 @@ class ColdResult:
 
 
 def _run_child(args: list[str], env: dict[str, str]) -> float:
+    # Byte-code caches on, whatever this shell says: with PYTHONDONTWRITEBYTECODE set,
+    # the app child would compile the channel's sources on every run and the bare one
+    # nothing, and the figure would depend on an ambient variable.
+    env = {name: value for name, value in env.items() if name != "PYTHONDONTWRITEBYTECODE"}
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False

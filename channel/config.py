@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from channel.routing import Routes, parse_routes
+
+if TYPE_CHECKING:
+    from channel.providers.base import OwnSettings
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BUDGET_SECONDS = 20.0
@@ -61,7 +65,8 @@ class Settings:
     dataverse_organization_id: str | None = None
     azure_client_id: str | None = None
     providers: Mapping[str, Any] = field(default_factory=dict)
-    """Each provider's typed settings by provider id (secrets kept out of their reprs)."""
+    """Each provider's typed settings by provider id (secrets kept out of their reprs);
+    read when first asked for, unless the provider is in use (see ProviderSettings)."""
     route_table: Routes | None = None
     """CHANNEL_ROUTES as read; None means none (see ``routes``)."""
     provider_problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -110,8 +115,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: the process environment)."""
-        return SettingsReader(os.environ if environ is None else environ).read()
+        """Read the settings from ``environ`` (default: the process environment, as now)."""
+        # A copy of the process environment: a provider's settings read later (its first
+        # webhook call) are those of the same moment as the rest.
+        return SettingsReader(dict(os.environ) if environ is None else environ).read()
 
 
 class SettingsReader:
@@ -181,13 +188,15 @@ class SettingsReader:
             else spec(provider_id).ambiguous_grace_seconds
             for provider_id in in_use
         }
-        # Every provider's settings are read (any provider's webhooks may be called);
-        # only the problems and notes of those in use (providers_in_use) count.
-        owns = {provider_id: spec(provider_id).read_settings(self) for provider_id in PROVIDER_IDS}
-        values["providers"] = {provider_id: own.values for provider_id, own in owns.items()}
-        values["provider_problems"] = {
-            provider_id: own.problems for provider_id, own in owns.items()
-        }
+        # Every provider has settings (any provider's webhooks may be called), but only
+        # those in use are read now, and only their problems and notes count; any other
+        # provider's are read when first needed (its webhook, a retry recorded under it),
+        # so a cold start imports the provider modules it sends through and no other.
+        owns = OwnSettingsByProvider(
+            self.env, {provider_id: spec(provider_id).read_settings(self) for provider_id in in_use}
+        )
+        values["providers"] = ProviderSettings(owns, lambda own: own.values)
+        values["provider_problems"] = ProviderSettings(owns, lambda own: own.problems)
         for provider_id in in_use:
             self.problems.extend(p for p in owns[provider_id].problems if p not in self.problems)
             self.notes.extend(n for n in owns[provider_id].notes if n not in self.notes)
@@ -321,6 +330,68 @@ def providers_in_use(routes: Routes) -> tuple[str, ...]:
     from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
 
     return tuple(provider_id for provider_id in routes.in_use if provider_id in PROVIDER_IDS)
+
+
+class OwnSettingsByProvider:
+    """Each provider's own settings as read (values, problems, notes), read once, when asked.
+
+    Reading a provider's settings imports its module: a process that never hears from
+    a provider does not pay for it.
+    """
+
+    def __init__(self, environ: Mapping[str, str], read: Mapping[str, OwnSettings[Any]]) -> None:
+        self._environ = environ
+        self._owns = dict(read)
+        self._lock = threading.Lock()
+
+    def __getitem__(self, provider_id: str) -> OwnSettings[Any]:
+        """``provider_id``'s own settings; KeyError for an id that names no provider."""
+        own = self._owns.get(provider_id)
+        if own is not None:
+            return own
+        from channel.providers import PROVIDER_IDS, spec  # see SettingsReader.read()
+
+        if provider_id not in PROVIDER_IDS:
+            raise KeyError(provider_id)
+        with self._lock:
+            own = self._owns.get(provider_id)
+            if own is None:
+                own = self._owns[provider_id] = spec(provider_id).read_settings(
+                    SettingsReader(self._environ)
+                )
+        return own
+
+    def read_ids(self) -> list[str]:
+        """The providers whose settings were read so far."""
+        return list(self._owns)
+
+
+class ProviderSettings(Mapping[str, Any]):
+    """One part (values, problems) of every provider's own settings, by provider id."""
+
+    def __init__(
+        self, owns: OwnSettingsByProvider, part: Callable[[OwnSettings[Any]], Any]
+    ) -> None:
+        self._owns = owns
+        self._part = part
+
+    def __getitem__(self, provider_id: str) -> Any:
+        return self._part(self._owns[provider_id])
+
+    def __iter__(self) -> Iterator[str]:
+        from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+        return iter(PROVIDER_IDS)
+
+    def __len__(self) -> int:
+        from channel.providers import PROVIDER_IDS  # see SettingsReader.read()
+
+        return len(PROVIDER_IDS)
+
+    def __repr__(self) -> str:
+        # Only what was read: reading every provider to show them would import them all.
+        read = {provider_id: self[provider_id] for provider_id in self._owns.read_ids()}
+        return f"{type(self).__name__}({read!r})"
 
 
 def is_guid(value: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 import uuid
 from typing import Annotated, Literal
@@ -10,6 +11,12 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from channel.phone import MAX_NUMBER_CHARS
+
+# pydantic looks for plugins when it builds its first validator: a scan of every
+# installed distribution's entry points, on the cold path of the first request. The app
+# uses none; whoever wants one (e.g. logfire's) sets PYDANTIC_DISABLE_PLUGINS to a value
+# that names no plugin (e.g. "none"), which is kept.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 # Bounds on what the ledger keeps and the logs show: every field fits a Table Storage
 # property many times over, and nothing sizeable is parsed, hashed or cached.

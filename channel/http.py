@@ -76,7 +76,7 @@ def answers_problems(handler: Handler) -> Handler:
     return guarded
 
 
-def traced(counter: object | None = None) -> Callable[[Handler], Handler]:
+def traced(counter: telemetry.Instrument | None = None) -> Callable[[Handler], Handler]:
     """Record one span per call (continuing an incoming ``traceparent``); count its outcome."""
 
     def decorate(handler: Handler) -> Handler:

@@ -14,7 +14,6 @@ from channel import telemetry
 from channel.config import Settings
 from channel.errors import ChannelError, NotConfigured
 from channel.ledger import MessageLedger
-from channel.ledger.outbox import Outbox
 from channel.providers import build_provider, build_webhooks
 from channel.providers.base import Provider, WebhookAdapter
 from channel.service import OutboundService
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 
     from channel.dataverse import Dataverse
     from channel.identity import TokenSource
+    from channel.ledger.outbox import Outbox
     from channel.ledger.store import RecordStore
     from channel.webhooks import WebhookService
 
@@ -76,10 +76,7 @@ class Runtime:
     @property
     def outbox(self) -> Outbox:
         """Notifications and inbound messages on their way to Dataverse."""
-        return self._once(  # type: ignore[no-any-return]
-            "outbox",
-            lambda: Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10),
-        )
+        return self._once("outbox", self._new_outbox)  # type: ignore[no-any-return]
 
     @property
     def dataverse(self) -> Dataverse:
@@ -166,6 +163,12 @@ class Runtime:
             ambiguous_grace_seconds=self.settings.ambiguous_grace_seconds,
             grace_by_provider=self.settings.ambiguous_grace_by_provider,
         )
+
+    def _new_outbox(self) -> Outbox:
+        # Imported here: webhooks, health and the timer use the outbox, outbound does not.
+        from channel.ledger.outbox import Outbox
+
+        return Outbox(self.ledger.store, lease_seconds=self.settings.budget_seconds + 10)
 
     def _new_provider(self, provider_id: str) -> Provider:
         problems = self.settings.provider_problems.get(provider_id)

@@ -2,8 +2,10 @@
 
 Whoever installs a tracer and meter provider receives what is recorded here: the
 Functions worker in Azure (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY``), a test, a
-local host. Without one every call below is a no-op of the API. The app never
-configures an exporter itself: in Azure that would export everything twice.
+local host. Without one every call below does nothing, and the OpenTelemetry API is not
+even imported (a cold start does not pay for it): whoever installs a provider has
+imported it. The app never configures an exporter itself: in Azure that would export
+everything twice.
 
 Every attribute goes through ``safe``: only the names declared here are recorded, each
 with the shape its kind allows (a word, an id, a number), so no phone number, message
@@ -13,18 +15,19 @@ text, token, key or secret can reach a span or a metric point by mistake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, metrics, trace
-from opentelemetry.metrics import _internal as _metrics_api
-from opentelemetry.trace import Span, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AttributeValue
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.util.types import AttributeValue
 
 log = logging.getLogger(__name__)
 
@@ -174,60 +177,108 @@ METRICS: dict[str, tuple[str, ...]] = {}
 """Every metric the app records, with the attributes its points may carry: what the
 workbook and the alert rules may query (a test holds them to it)."""
 
-_meter = metrics.get_meter(SCOPE)
+
+class Instrument:
+    """A counter, histogram or gauge of the app; the API's instrument is made when used.
+
+    A plain class, not a dataclass: each is made on every cold start, and the API's
+    instrument only once a provider is installed (the API is not imported before).
+    """
+
+    def __init__(
+        self, kind: str, name: str, keys: tuple[str, ...], unit: str, description: str
+    ) -> None:
+        self.kind = kind
+        """``counter``, ``histogram`` or ``gauge``."""
+        self.name = name
+        self.unit = unit
+        self.description = description
+        METRICS[name] = keys
+
+    def api(self) -> Any:
+        """The OpenTelemetry instrument (a proxy until a meter provider is installed)."""
+        return _api_instrument(self)
 
 
-def _declared(name: str, keys: tuple[str, ...]) -> str:
-    METRICS[name] = keys
-    return name
-
-
-OUTBOUND_MESSAGES = _meter.create_counter(
-    _declared("sms.outbound.messages", OUTBOUND_KEYS),
-    unit="{message}",
-    description="Outbound calls by outcome",
+OUTBOUND_MESSAGES = Instrument(
+    "counter", "sms.outbound.messages", OUTBOUND_KEYS, "{message}", "Outbound calls by outcome"
 )
-SEGMENT_COUNT = _meter.create_histogram(
-    _declared("sms.outbound.segments", SEGMENT_KEYS),
-    unit="{segment}",
-    description="SMS segments per outbound text",
+SEGMENT_COUNT = Instrument(
+    "histogram",
+    "sms.outbound.segments",
+    SEGMENT_KEYS,
+    "{segment}",
+    "SMS segments per outbound text",
 )
-DELIVERY_REPORTS = _meter.create_counter(
-    _declared("sms.delivery_reports", REPORT_KEYS),
-    unit="{report}",
-    description="Delivery reports by status",
+DELIVERY_REPORTS = Instrument(
+    "counter", "sms.delivery_reports", REPORT_KEYS, "{report}", "Delivery reports by status"
 )
-REPLIES = _meter.create_counter(
-    _declared("sms.replies", REPLY_KEYS), unit="{message}", description="Customer replies"
+REPLIES = Instrument("counter", "sms.replies", REPLY_KEYS, "{message}", "Customer replies")
+WEBHOOK_REFUSALS = Instrument(
+    "counter",
+    "sms.webhook.refusals",
+    REFUSAL_KEYS,
+    "{request}",
+    "Webhook calls refused, by reason",
 )
-WEBHOOK_REFUSALS = _meter.create_counter(
-    _declared("sms.webhook.refusals", REFUSAL_KEYS),
-    unit="{request}",
-    description="Webhook calls refused, by reason",
+PROVIDER_DURATION = Instrument(
+    "histogram", "sms.provider.duration", PROVIDER_KEYS, "s", "One provider send attempt"
 )
-PROVIDER_DURATION = _meter.create_histogram(
-    _declared("sms.provider.duration", PROVIDER_KEYS),
-    unit="s",
-    description="One provider send attempt",
+DATAVERSE_DURATION = Instrument(
+    "histogram",
+    "sms.dataverse.duration",
+    DATAVERSE_KEYS,
+    "s",
+    "One Dataverse Web API call attempt",
 )
-DATAVERSE_DURATION = _meter.create_histogram(
-    _declared("sms.dataverse.duration", DATAVERSE_KEYS),
-    unit="s",
-    description="One Dataverse Web API call attempt",
+OUTBOX_PENDING = Instrument(
+    "gauge",
+    "sms.outbox.pending",
+    OUTBOX_KEYS,
+    "{item}",
+    "Outbox items waiting to be forwarded to Dataverse, as the timer found them",
 )
-OUTBOX_PENDING = _meter.create_gauge(
-    _declared("sms.outbox.pending", OUTBOX_KEYS),
-    unit="{item}",
-    description="Outbox items waiting to be forwarded to Dataverse, as the timer found them",
-)
-OUTBOX_DEAD = _meter.create_gauge(
-    _declared("sms.outbox.dead", OUTBOX_KEYS),
-    unit="{item}",
-    description="Outbox items given up on (they need an operator), as the timer found them",
+OUTBOX_DEAD = Instrument(
+    "gauge",
+    "sms.outbox.dead",
+    OUTBOX_KEYS,
+    "{item}",
+    "Outbox items given up on (they need an operator), as the timer found them",
 )
 
-_tracer = trace.get_tracer(SCOPE)
-_propagator = TraceContextTextMapPropagator()
+
+@functools.cache
+def _meter() -> Meter:
+    from opentelemetry import metrics
+
+    return metrics.get_meter(SCOPE)
+
+
+@functools.cache
+def _api_instrument(instrument: Instrument) -> Any:
+    meter = _meter()
+    name, unit, description = instrument.name, instrument.unit, instrument.description
+    if instrument.kind == "counter":
+        return meter.create_counter(name, unit=unit, description=description)
+    if instrument.kind == "histogram":
+        return meter.create_histogram(name, unit=unit, description=description)
+    return meter.create_gauge(name, unit=unit, description=description)
+
+
+@functools.cache
+def _tracer() -> Tracer:
+    from opentelemetry import trace
+
+    return trace.get_tracer(SCOPE)
+
+
+@functools.cache
+def _propagator() -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
 # Set for the duration of a step, so that code below it (an HTTP response hook) can
 # add to it without being handed it.
 _step: ContextVar[Step | None] = ContextVar("channel_telemetry_step", default=None)
@@ -267,6 +318,8 @@ class Step:
 
     def failed(self) -> None:
         """Mark the span as failed (the call answered 5xx)."""
+        from opentelemetry.trace import StatusCode
+
         self.span.set_status(StatusCode.ERROR)
 
     def subset(self, keys: tuple[str, ...]) -> dict[str, AttributeValue]:
@@ -277,24 +330,33 @@ class Step:
 class _Unrecorded(Step):
     """The step when nothing is installed: keeps nothing, so a call pays nothing for it."""
 
+    def __init__(self) -> None:  # no span: the API need not be imported
+        self.parent = None
+        self.attributes = {}
+
     def set(self, attributes: Mapping[str, object]) -> None:
         """Nothing to record."""
 
+    def failed(self) -> None:
+        """Nothing to mark."""
 
-_UNRECORDED = _Unrecorded(trace.INVALID_SPAN)
+
+_UNRECORDED = _Unrecorded()
 
 
 def installed() -> bool:
-    """Whether a tracer or meter provider is installed (the API's proxies stand alone if not).
+    """Whether a tracer or meter provider is installed (nothing is recorded if not).
 
-    Checked per call, since one may be installed after import (the worker, a test). The
-    API's globals are read directly: its getters consult os.environ on every call, which
-    costs more than the spans they would save.
+    Checked per call, since one may be installed after import (the worker, a test). An
+    API not imported yet has no provider: installing one imports it. The API's globals
+    are read directly: its getters consult os.environ on every call, which costs more
+    than the spans they would save.
     """
     # Read with getattr: should a later API rename them, telemetry stays on, never fails.
-    return (
-        getattr(trace, "_TRACER_PROVIDER", True) is not None
-        or getattr(_metrics_api, "_METER_PROVIDER", True) is not None
+    trace_api = sys.modules.get("opentelemetry.trace")
+    metrics_api = sys.modules.get("opentelemetry.metrics._internal")
+    return (trace_api is not None and getattr(trace_api, "_TRACER_PROVIDER", True) is not None) or (
+        metrics_api is not None and getattr(metrics_api, "_METER_PROVIDER", True) is not None
     )
 
 
@@ -308,7 +370,9 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
     if not installed():
         yield _UNRECORDED
         return
-    with _tracer.start_as_current_span(
+    from opentelemetry.trace import StatusCode
+
+    with _tracer().start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:
         current = Step(span, _step.get())
@@ -329,7 +393,7 @@ def step(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
 @contextlib.contextmanager
 def timed(
     name: str,
-    histogram: Any,
+    histogram: Instrument,
     keys: tuple[str, ...],
     attributes: Mapping[str, object] | None = None,
 ) -> Iterator[Step]:
@@ -342,7 +406,7 @@ def timed(
     finally:
         # A failed attempt is timed too: its outcome class names the exception.
         if current is not None and current is not _UNRECORDED:
-            histogram.record(time.perf_counter() - start, current.subset(keys))
+            histogram.api().record(time.perf_counter() - start, current.subset(keys))
 
 
 @contextlib.contextmanager
@@ -353,10 +417,15 @@ def invocation(name: str, headers: Mapping[str, str]) -> Iterator[Step]:
     it. Elsewhere (the local host, tests) no span is active, and the incoming W3C
     ``traceparent`` header, if any, becomes the parent.
     """
+    if not installed():
+        yield _UNRECORDED
+        return
+    from opentelemetry import context, trace
+
     token = None
-    if installed() and not trace.get_current_span().get_span_context().is_valid:
+    if not trace.get_current_span().get_span_context().is_valid:
         carrier = {key.lower(): value for key, value in headers.items()}
-        token = context.attach(_propagator.extract(carrier))
+        token = context.attach(_propagator().extract(carrier))
     try:
         with step(name) as current:
             yield current
@@ -423,22 +492,22 @@ def round_trip() -> None:
         trips[0] += 1
 
 
-def count(counter: Any, attributes: Mapping[str, object], amount: int = 1) -> None:
+def count(counter: Instrument, attributes: Mapping[str, object], amount: int = 1) -> None:
     """Add ``amount`` to ``counter`` with ``attributes`` that pass the guard."""
     if installed():
-        counter.add(amount, safe(attributes))
+        counter.api().add(amount, safe(attributes))
 
 
-def record(histogram: Any, value: float, attributes: Mapping[str, object]) -> None:
+def record(histogram: Instrument, value: float, attributes: Mapping[str, object]) -> None:
     """Record ``value`` in ``histogram`` with ``attributes`` that pass the guard."""
     if installed():
-        histogram.record(value, safe(attributes))
+        histogram.api().record(value, safe(attributes))
 
 
-def measure(gauge: Any, value: float, attributes: Mapping[str, object]) -> None:
+def measure(gauge: Instrument, value: float, attributes: Mapping[str, object]) -> None:
     """Set ``gauge`` to ``value`` with ``attributes`` that pass the guard."""
     if installed():
-        gauge.set(value, safe(attributes))
+        gauge.api().set(value, safe(attributes))
 
 
 def note_http_status(response: Any, *args: Any, **kwargs: Any) -> Any:

@@ -50,7 +50,7 @@ def run_bench(module: str, *args: str) -> str:
 def test_outbound_bench() -> None:
     output = run_bench("outbound", "--cold-runs", "1")
     assert re.search(rf"^warm outbound overhead: {FIGURE} \(target <= 1\.3\)", output, re.M)
-    assert re.search(rf"^cold start: +{FIGURE} \(target <= 1\.5\)", output, re.M)
+    assert re.search(rf"^cold start: +{FIGURE} \(target <= 1\.3\)", output, re.M)
     # The tests' fake Twilio served both sides over keep-alive connections.
     assert re.search(r"server connections opened: [12]\)", output), output
 

@@ -22,7 +22,7 @@ def test_each_registry_line_leads_to_the_spec_of_that_provider(provider_id: str)
     assert isinstance(described, ProviderSpec)
     assert described.id == provider_id
     environ = {"CHANNEL_PROVIDER": "loopback", "TWILIO_AUTH_TOKEN": "t", "ACS_ACCESS_KEY": "k"}
-    # Every provider's settings are read and kept, whichever provider sends.
+    # Every provider has settings, whichever provider sends (read when first asked for).
     own = described.read_settings(SettingsReader(environ)).values
     assert described.settings_in(Settings.from_env(environ)) == own
 

@@ -678,21 +678,21 @@ def test_host_json_selects_opentelemetry_mode() -> None:
     assert host["telemetryMode"] == "OpenTelemetry"
 
 
-def test_loading_the_app_imports_the_api_only() -> None:
+def test_loading_the_app_imports_no_opentelemetry() -> None:
     # The SDK and the Azure Monitor distro belong to whoever exports (the worker, when
-    # PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is on): loading the app, and so every
-    # cold start with telemetry off, must not pay for them.
+    # PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is on), and so does the API: whoever
+    # installs a provider has imported it. Loading the app, and so every cold start with
+    # telemetry off, pays for none of them (tests/test_cold_start.py: recording still
+    # starts when a provider is installed after the app was loaded).
     script = (
         "import sys, function_app\n"
-        "heavy = sorted(m for m in sys.modules if m.startswith("
-        "('opentelemetry.sdk', 'azure.monitor', 'opentelemetry.instrumentation')))\n"
-        "api = 'opentelemetry.trace' in sys.modules\n"
-        "print(api, heavy)\n"
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('opentelemetry', 'azure.monitor'))))\n"
     )
     done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert done.stdout.strip() == "True []"
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_report_answered_5xx_before_it_is_kept_is_counted_as_failed(
