@@ -87,7 +87,7 @@ class OutboundService:
             # The provider answered an earlier call, but the ledger did not take the
             # answer: record that one, never submit again.
             kept, response = unrecorded
-            if kept.record.get("content") != content:
+            if kept.record.content != content:
                 raise RequestConflict(
                     "this RequestId was already used for a different message "
                     "(ChannelDefinitionId, From, To or text differ)"
@@ -110,7 +110,7 @@ class OutboundService:
         try:
             # The provider the first call chose: a retry after a route changed must not
             # reach a second provider (which could not dedupe it) with the same message.
-            provider = self._adapter(str(claim.record.get("provider") or routed), routed)
+            provider = self._adapter(claim.record.provider or routed, routed)
             telemetry.note({telemetry.PROVIDER: provider.id})
             prepared = self._prepare(payload, provider, text, claim)
         except BaseException:
@@ -186,7 +186,7 @@ class OutboundService:
         with self._unrecorded_lock:
             self._unrecorded.pop(rid, None)
         if answer.Status == "Sent":
-            self._remember_sender(payload, str(claim.record.get("provider") or self.provider.id))
+            self._remember_sender(payload, claim.record.provider or self.provider.id)
         return answer
 
     def _adapter(self, provider_id: str, routed: str) -> Provider:
@@ -230,7 +230,7 @@ class OutboundService:
     ) -> OutboundSms | OutboundResponse:
         """The SMS for the provider, or a NotSent answer the app can give beforehand."""
         rid = payload.RequestId
-        first_attempt_at = claim.record.get("first_attempt_at")
+        first_attempt_at = claim.record.first_attempt_at
         to = to_e164(payload.To, self.settings.default_region)
         if to is None:
             # Noted before the log line, so the record carries them as dimensions too.

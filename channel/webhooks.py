@@ -202,10 +202,10 @@ class WebhookService:
         telemetry.note(
             {
                 telemetry.REQUEST_ID: rid,
-                telemetry.CHANNEL_DEFINITION: request.get("channel_definition_id"),
+                telemetry.CHANNEL_DEFINITION: request.channel_definition_id,
             }
         )
-        sent_through = request.get("provider")
+        sent_through = request.provider
         if sent_through is not None and sent_through != provider:
             # A genuine call of one provider naming a message sent through another: its
             # status says nothing about that message (a reused tag, a misrouted
@@ -221,8 +221,8 @@ class WebhookService:
             return
         if (
             report.same_message_only
-            and request["state"] == RequestState.DONE
-            and request.get("message_id") != report.message_id
+            and request.state == RequestState.DONE
+            and request.message_id != report.message_id
         ):
             # Our RequestId echoed for another message (another system on the account
             # reusing it, or a message we answered NotSent): not this request's status.
@@ -235,7 +235,7 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "ignored"})
             return
-        if request["state"] != RequestState.DONE:
+        if request.state != RequestState.DONE:
             # Any callback proves the provider created the message: this settles an
             # attempt whose answer we never saw (see MessageLedger).
             self.ledger.confirm_sent(rid, report.message_id)
@@ -247,13 +247,13 @@ class WebhookService:
             f"notification:{rid}",
             "notification",
             {
-                "ChannelDefinitionId": request["channel_definition_id"],
+                "ChannelDefinitionId": request.channel_definition_id,
                 "RequestId": rid,
                 "MessageId": report.message_id,
-                "From": request["from"],
+                "From": request.sender,
                 "Status": report.state.value,
             },
-            legacy=self.ledger.has_legacy_records(request),
+            legacy=request.may_have_legacy_records,
         )
         if lease is None:
             log.info(
@@ -317,8 +317,8 @@ class WebhookService:
         learned = self.ledger.sender(payload["To"], provider)
         if learned is not None:
             return payload | {
-                "ChannelDefinitionId": learned["channel_definition_id"],
-                "To": learned["from"],
+                "ChannelDefinitionId": learned.channel_definition_id,
+                "To": learned.sender,
             }
         definition = self.settings.routes.reply_definition(provider, self.settings.definition_id)
         return payload | {"ChannelDefinitionId": definition}

@@ -111,8 +111,8 @@ def first_attempt_at(request_id: str = RID) -> float:
     """The ledger's first_attempt_at of a request: what its repeatabilityFirstSent renders."""
     record = get_runtime().ledger.get(request_id)
     assert record is not None
-    when: float = record["first_attempt_at"]
-    return when
+    assert record.first_attempt_at is not None
+    return record.first_attempt_at
 
 
 # --- the request ACS gets ----------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_request_is_what_acs_expects(call: Call, acs: FakeAcs) -> None:
     ]
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["first_attempt_at"] == record["created_at"]  # a new request
+    assert record.first_attempt_at == record.created_at  # a new request
 
 
 def acs_namespace() -> uuid.UUID:
@@ -456,7 +456,7 @@ def test_throttling_after_a_possible_send_ends_ambiguous_not_unsent(
     assert_problem(call("outbound", payload()), 503, "send-ambiguous")
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["state"] == "ambiguous"
+    assert record.state == "ambiguous"
 
 
 def test_outside_the_repeatability_window_acs_refuses_and_the_outcome_stays_unknown(
@@ -552,7 +552,9 @@ def test_a_late_retry_of_a_throttled_request_starts_a_new_first_sent_time(
     assert_ok(call("outbound", payload()), sent(acs.message_id(1)))
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["first_attempt_at"] > record["created_at"] + 590  # a new first attempt
+    assert record.first_attempt_at is not None
+    assert record.created_at is not None
+    assert record.first_attempt_at > record.created_at + 590  # a new first attempt
     assert acs.posts[-1].pair == (acs_provider.repeatability_request_id(RID), first_sent())
     assert len(acs.messages) == 1
 
@@ -576,7 +578,7 @@ def test_a_late_new_attempt_after_an_ambiguous_one_is_refused_not_sent_twice(
     assert len(acs.messages) == 1  # ... and ACS, outside its window, refused to run it
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["state"] == "ambiguous"
+    assert record.state == "ambiguous"
 
 
 def test_the_ledger_keeps_the_first_attempt_time_only_while_an_attempt_may_have_sent(
@@ -599,8 +601,8 @@ def test_the_ledger_keeps_the_first_attempt_time_only_while_an_attempt_may_have_
             provider="acs",
         )
         assert isinstance(claimed, Claim)
-        when: float = claimed.record["first_attempt_at"]
-        return when
+        assert claimed.record.first_attempt_at is not None
+        return claimed.record.first_attempt_at
 
     assert claim() == 1000.0
     ledger.release(RID)  # provably unsent (throttled)

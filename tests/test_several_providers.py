@@ -350,7 +350,7 @@ def test_a_retry_whose_first_provider_is_no_longer_configured_is_refused_not_rer
     # This attempt sent nothing; the first one may have: still in doubt, still Vonage's.
     record = get_runtime().ledger.get(RID_A)
     assert record is not None
-    assert (record["state"], record["provider"], record["attempts"]) == ("ambiguous", "vonage", 1)
+    assert (record.state, record.provider, record.attempts) == ("ambiguous", "vonage", 1)
     # With Vonage back, the retry finishes there.
     configure(VONAGE_APPLICATION_ID=VONAGE_APPLICATION_ID)
     retry = call("outbound", payload(RequestId=RID_A))

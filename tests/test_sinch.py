@@ -294,7 +294,8 @@ def test_a_repeat_after_a_lost_answer_finds_the_batch_and_sends_nothing(
     assert record is not None
     # Searched from well before the first attempt (Sinch's default is only 24 hours).
     since = datetime.fromisoformat(lookup["start_date"].replace("Z", "+00:00")).timestamp()
-    assert since <= record["first_attempt_at"] - 3600
+    assert record.first_attempt_at is not None
+    assert since <= record.first_attempt_at - 3600
     # And answered from the ledger from then on.
     assert_ok(call("outbound", payload()), sent(sinch.batch_id(1)))
     assert len(sinch.lookups) == 1

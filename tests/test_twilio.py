@@ -440,7 +440,7 @@ def test_a_request_that_fails_to_build_releases_its_claim(twilio: FakeTwilio) ->
     assert caught.value.field == "Message.text"
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["state"] == "retryable"
+    assert record.state == "retryable"
     assert twilio.posts() == []
 
 

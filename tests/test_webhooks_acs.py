@@ -716,7 +716,7 @@ def test_an_acs_report_naming_a_message_sent_through_twilio_does_not_notify(
     assert "through twilio" in warning
     record = get_runtime().ledger.get(sent.rid)
     assert record is not None
-    assert record["message_id"] == sent.sid  # not settled with ACS's id either
+    assert record.message_id == sent.sid  # not settled with ACS's id either
 
 
 def test_a_twilio_report_naming_a_message_sent_through_acs_does_not_notify(
@@ -737,7 +737,7 @@ def test_a_twilio_report_naming_a_message_sent_through_acs_does_not_notify(
     assert "through acs" in warning
     record = get_runtime().ledger.get(RID)
     assert record is not None
-    assert record["message_id"] == message_id
+    assert record.message_id == message_id
 
 
 def test_an_event_grid_batch_over_64_kib_is_read(

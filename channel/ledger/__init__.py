@@ -1,5 +1,5 @@
 """The message ledger and its storage backends."""
 
-from channel.ledger.messages import Claim, Completed, MessageLedger, fingerprint
+from channel.ledger.messages import Claim, Completed, MessageLedger, RequestRecord, fingerprint
 
-__all__ = ["Claim", "Completed", "MessageLedger", "fingerprint"]
+__all__ = ["Claim", "Completed", "MessageLedger", "RequestRecord", "fingerprint"]

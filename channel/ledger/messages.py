@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from channel.contracts import OutboundResponse
 from channel.errors import RequestConflict, RequestInFlight, SendAmbiguous
@@ -70,12 +71,147 @@ def fingerprint(channel_definition_id: str, sender: str, recipient: str, text: s
 
 
 @dataclass(frozen=True)
+class RequestRecord:
+    """A request record (``request:<RequestId>``), typed; ``row`` is how it is stored.
+
+    Records of the previous version (no ``layout``) and of older ones (no ``provider``,
+    no ``first_attempt_at``) read as well: what they lack is None.
+    """
+
+    request_id: str
+    content: str
+    channel_definition_id: str
+    sender: str
+    """The ``From`` exactly as Dataverse sent it (stored as ``from``)."""
+    provider: str | None
+    """The provider of the first call: the one every attempt sends through."""
+    state: RequestState
+    attempts: int
+    """Attempts that may have reached the provider (ambiguous ones)."""
+    created_at: float | None
+    claimed_at: float | None
+    lease_until: float | None
+    first_attempt_at: float | None
+    attempted_at: float | None
+    answer: OutboundResponse | None
+    """The final answer (state done)."""
+    message_id: str | None
+    layout: int | None
+    row: Record = field(compare=False, repr=False)
+    """The record as stored: what ``changed`` writes onto, so fields keep their order and
+    anything this version does not know survives."""
+
+    @classmethod
+    def from_row(cls, row: Record) -> RequestRecord:
+        """The record a store holds as ``row``."""
+        answer = row.get("answer")
+        return cls(
+            request_id=row["request_id"],
+            content=row["content"],
+            channel_definition_id=row["channel_definition_id"],
+            sender=row["from"],
+            provider=row.get("provider"),
+            state=RequestState(row["state"]),
+            attempts=int(row.get("attempts", 0)),
+            created_at=row.get("created_at"),
+            claimed_at=row.get("claimed_at"),
+            lease_until=row.get("lease_until"),
+            first_attempt_at=row.get("first_attempt_at"),
+            attempted_at=row.get("attempted_at"),
+            answer=None if answer is None else OutboundResponse.model_validate(answer),
+            message_id=row.get("message_id"),
+            layout=row.get("layout"),
+            row=row,
+        )
+
+    @classmethod
+    def claimed_anew(
+        cls,
+        request_id: str,
+        content: str,
+        *,
+        channel_definition_id: str,
+        sender: str,
+        provider: str,
+        now: float,
+        lease_seconds: float,
+    ) -> RequestRecord:
+        """The record of a RequestId's first call, claimed by it."""
+        return cls.from_row(
+            {
+                "request_id": request_id,
+                "content": content,
+                "channel_definition_id": channel_definition_id,
+                "from": sender,
+                "provider": provider,
+                "attempts": 0,
+                "created_at": now,
+                "layout": LAYOUT,
+                "state": RequestState.CLAIMED,
+                "claimed_at": now,
+                "lease_until": now + lease_seconds,
+                "first_attempt_at": now,
+            }
+        )
+
+    def to_row(self) -> Record:
+        """The record as a store keeps it."""
+        return self.row
+
+    def changed(self, **changes: Any) -> RequestRecord:
+        """The record with ``changes`` (by field name), written onto its stored row."""
+        stored = {_STORED_AS.get(name, name): value for name, value in changes.items()}
+        if "answer" in stored and stored["answer"] is not None:
+            stored["answer"] = stored["answer"].model_dump(mode="json")
+        return RequestRecord.from_row(self.row | stored)
+
+    @property
+    def may_have_legacy_records(self) -> bool:
+        """Whether the previous version may have kept outbox records for this request."""
+        return self.layout != LAYOUT
+
+
+_STORED_AS = {"sender": "from"}
+"""Fields stored under another name."""
+
+
+@dataclass(frozen=True)
+class KnownSender:
+    """What a send taught about one of our numbers (``sender:<E.164>``).
+
+    How Dataverse writes it, its channel definition, and the provider that sent from it
+    (None: a record written before senders named their provider, when one provider served
+    all).
+    """
+
+    sender: str
+    channel_definition_id: str
+    provider: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Record) -> KnownSender:
+        """The sender a store holds as ``row``."""
+        return cls(row["from"], row["channel_definition_id"], row.get("provider"))
+
+    def to_row(self) -> Record:
+        """The sender as a store keeps it (no ``provider`` when there is none)."""
+        row: Record = {"from": self.sender, "channel_definition_id": self.channel_definition_id}
+        if self.provider is not None:
+            row["provider"] = self.provider
+        return row
+
+    def sent_through(self, provider: str | None) -> bool:
+        """Whether this applies to replies through ``provider`` (None: any)."""
+        return provider is None or self.provider in (None, provider)
+
+
+@dataclass(frozen=True)
 class Claim:
     """The caller now owns the send for this RequestId."""
 
     request_id: str
     attempt: int
-    record: Record = field(default_factory=dict, compare=False, repr=False)
+    record: RequestRecord = field(compare=False, repr=False)
     """The record as this claim wrote it, and its etag: completing is then one write."""
     etag: str = field(default="", compare=False, repr=False)
 
@@ -105,9 +241,9 @@ class MessageLedger:
         self.grace_by_provider = dict(grace_by_provider or {})
         """Each provider's own grace, where it differs (several providers: CHANNEL_ROUTES)."""
         self.clock = clock
-        self._senders: dict[str, Record] = {}
-        self._answered: OrderedDict[str, tuple[float, Record]] = OrderedDict()
-        """Request records in state done, as stored, by RequestId, with when they were kept.
+        self._senders: dict[str, KnownSender] = {}
+        self._answered: OrderedDict[str, tuple[float, RequestRecord]] = OrderedDict()
+        """Request records in state done, by RequestId, with when they were kept.
         A done record never changes (the first final answer stands) until retention
         removes it, so a copy is as good as a read for as long as retention keeps it."""
         self._answered_lock = threading.Lock()
@@ -138,33 +274,31 @@ class MessageLedger:
         Raises RequestInFlight while another call holds the claim, RequestConflict when
         the content differs from the first call's, SendAmbiguous while an earlier
         attempt's outcome is unknown. The record keeps the provider of the first call: a
-        claim's ``record["provider"]`` is the one to send through, whatever ``provider``
+        claim's ``record.provider`` is the one to send through, whatever ``provider``
         a later call (after a route changed) names.
         """
         key = _request_key(request_id)
-        now = self.clock()
-        first: Record = {
-            "request_id": request_id,
-            "content": content,
-            "channel_definition_id": channel_definition_id,
-            "from": sender,
-            "provider": provider,
-            "attempts": 0,
-            "created_at": now,
-            "layout": LAYOUT,
-        }
+        claimed = RequestRecord.claimed_anew(
+            request_id,
+            content,
+            channel_definition_id=channel_definition_id,
+            sender=sender,
+            provider=provider,
+            now=self.clock(),
+            lease_seconds=self.lease_seconds,
+        )
         # Insert first: a new RequestId (the common case) costs one write, no read.
-        claimed = self._claimed(first, now)
         try:
-            etag = self.store.insert(key, claimed)
+            etag = self.store.insert(key, claimed.to_row())
         except AlreadyExists:
             pass
         else:
             return Claim(request_id, 1, claimed, etag)
         answered: list[Completed] = []
 
-        def decide(record: Record) -> Record | None:
-            if record["content"] != content:
+        def decide(row: Record) -> Record | None:
+            record = RequestRecord.from_row(row)
+            if record.content != content:
                 raise RequestConflict(
                     "this RequestId was already used for a different message "
                     "(ChannelDefinitionId, From, To or text differ)"
@@ -173,7 +307,7 @@ class MessageLedger:
             if isinstance(decision, Completed):
                 answered.append(decision)
                 return None
-            return decision
+            return decision.to_row()
 
         updated = update(self.store, key, decide)
         if updated.found is None:  # removed meanwhile (retention): start over
@@ -186,22 +320,26 @@ class MessageLedger:
             )
         if not updated.written:
             return answered[-1]
-        record = updated.found.data
-        return Claim(request_id, int(record["attempts"]) + 1, record, updated.found.etag)
+        record = RequestRecord.from_row(updated.found.data)
+        return Claim(request_id, record.attempts + 1, record, updated.found.etag)
 
     @operation
     def complete(self, claim: Claim, response: OutboundResponse) -> OutboundResponse:
         """Store the final answer; if another writer finished first, theirs stands."""
-        fields = response.model_dump(mode="json")
-        done = {"state": RequestState.DONE, "answer": fields, "message_id": fields["MessageId"]}
 
-        def finish(record: Record) -> Record | None:
-            return None if record["state"] == RequestState.DONE else record | done
+        def finish(record: RequestRecord) -> RequestRecord | None:
+            if record.state == RequestState.DONE:
+                return None
+            return record.changed(
+                state=RequestState.DONE, answer=response, message_id=response.MessageId
+            )
 
         # The claim's own version first: the common case, nobody touched the record since.
-        record = self._update(claim.request_id, finish, Versioned(claim.record, claim.etag))
+        found = Versioned(claim.record.to_row(), claim.etag)
+        record = self._update(claim.request_id, finish, found)
         self._keep_answered(claim.request_id, record)
-        return OutboundResponse.model_validate(record["answer"])
+        assert record.answer is not None  # noqa: S101 - a record is done with its answer
+        return record.answer
 
     @operation
     def release(self, request_id: str) -> None:
@@ -212,12 +350,12 @@ class MessageLedger:
         time still hold for the next claim).
         """
 
-        def give_back(record: Record) -> Record | None:
-            if record["state"] != RequestState.CLAIMED:
+        def give_back(record: RequestRecord) -> RequestRecord | None:
+            if record.state != RequestState.CLAIMED:
                 return None
-            return record | {
-                "state": RequestState.AMBIGUOUS if record["attempts"] else RequestState.RETRYABLE
-            }
+            return record.changed(
+                state=RequestState.AMBIGUOUS if record.attempts else RequestState.RETRYABLE
+            )
 
         self._update(request_id, give_back)
 
@@ -228,13 +366,8 @@ class MessageLedger:
         self._update(
             request_id,
             lambda r: (
-                r
-                | {
-                    "state": RequestState.AMBIGUOUS,
-                    "attempts": r["attempts"] + 1,
-                    "attempted_at": now,
-                }
-                if r["state"] == RequestState.CLAIMED
+                r.changed(state=RequestState.AMBIGUOUS, attempts=r.attempts + 1, attempted_at=now)
+                if r.state == RequestState.CLAIMED
                 else None
             ),
         )
@@ -249,16 +382,16 @@ class MessageLedger:
         if self.store.get(_request_key(request_id)) is None:
             return False
 
-        def confirm(record: Record) -> Record | None:
-            if record["state"] == RequestState.DONE:
+        def confirm(record: RequestRecord) -> RequestRecord | None:
+            if record.state == RequestState.DONE:
                 return None
             answer = OutboundResponse(
-                ChannelDefinitionId=record["channel_definition_id"],
+                ChannelDefinitionId=record.channel_definition_id,
                 MessageId=message_id,
-                RequestId=record["request_id"],
+                RequestId=record.request_id,
                 Status="Sent",
-            ).model_dump(mode="json")
-            return record | {"state": RequestState.DONE, "answer": answer, "message_id": message_id}
+            )
+            return record.changed(state=RequestState.DONE, answer=answer, message_id=message_id)
 
         self._update(request_id, confirm)
         return True
@@ -273,34 +406,33 @@ class MessageLedger:
         form (often ``12065550100``) with the channel definition it belongs to, and
         ``provider``, the one that sent from it: only its replies are addressed so.
         """
-        known: Record = {"from": sender, "channel_definition_id": channel_definition_id}
-        if provider is not None:
-            known["provider"] = provider
+        known = KnownSender(sender, channel_definition_id, provider)
         if self._senders.get(number) == known:
             return  # already written by this process: no storage round trip per send
         key = f"sender:{number}"
+        row = known.to_row()
         try:
-            self.store.insert(key, known)
+            self.store.insert(key, row)
         except AlreadyExists:
-            update(self.store, key, lambda found: None if found == known else known)
+            update(self.store, key, lambda found: None if found == row else row)
         self._senders[number] = known
 
     @operation
-    def sender(self, number: str, provider: str | None = None) -> Record | None:
+    def sender(self, number: str, provider: str | None = None) -> KnownSender | None:
         """What ``remember_sender`` learned about our number ``number``, or None.
 
         With ``provider``, only what a send through that provider taught (or a record
         written before senders named their provider, when one provider served all).
         """
         known = self._senders.get(number)
-        if known is None or not _sent_through(known, provider):
+        if known is None or not known.sent_through(provider):
             # Not known here, or learned from another provider: another process may have
             # learned it since (the number moved to this provider).
             found = self.store.get(f"sender:{number}")
             if found is None:
                 return None
-            known = self._senders[number] = found.data
-        return known if _sent_through(known, provider) else None
+            known = self._senders[number] = KnownSender.from_row(found.data)
+        return known if known.sent_through(provider) else None
 
     @operation
     def remember_message(self, provider: str, message_id: str, request_id: str) -> None:
@@ -319,11 +451,6 @@ class MessageLedger:
         found = self.store.get(_message_key(provider, message_id))
         return None if found is None else str(found.data["request_id"])
 
-    @staticmethod
-    def has_legacy_records(record: Record) -> bool:
-        """Whether the previous version may have kept outbox records for this request."""
-        return record.get("layout") != LAYOUT
-
     @operation
     def first_sight(self, provider: str, nonce: str) -> bool:
         """Keep ``provider``'s webhook nonce; True if it was never seen before.
@@ -338,13 +465,13 @@ class MessageLedger:
         return True
 
     @operation
-    def get(self, request_id: str) -> Record | None:
-        """The request record as stored (for correlation and inspection)."""
+    def get(self, request_id: str) -> RequestRecord | None:
+        """The request record (for correlation and inspection)."""
         found = self.store.get(_request_key(request_id))
-        return None if found is None else found.data
+        return None if found is None else RequestRecord.from_row(found.data)
 
     @operation
-    def for_report(self, request_id: str) -> Record | None:
+    def for_report(self, request_id: str) -> RequestRecord | None:
         """The request record a status report is about, or None if there is none.
 
         A record this process answered (or read answered) within ANSWERED_KEPT_SECONDS
@@ -359,12 +486,13 @@ class MessageLedger:
         found = self.store.get(_request_key(request_id))
         if found is None:
             return None
-        self._keep_answered(request_id, found.data)
-        return found.data
+        record = RequestRecord.from_row(found.data)
+        self._keep_answered(request_id, record)
+        return record
 
-    def _keep_answered(self, request_id: str, record: Record) -> None:
-        """Keep ``record`` (as stored) in memory if it is answered; the oldest go first."""
-        if record.get("state") != RequestState.DONE:
+    def _keep_answered(self, request_id: str, record: RequestRecord) -> None:
+        """Keep ``record`` in memory if it is answered; the oldest go first."""
+        if record.state != RequestState.DONE:
             return
         with self._answered_lock:
             self._answered[request_id] = (self.clock(), record)
@@ -372,70 +500,76 @@ class MessageLedger:
             while len(self._answered) > ANSWERED_KEPT:
                 self._answered.popitem(last=False)
 
-    def _decide(self, record: Record, now: float) -> Record | Completed:
+    def _decide(self, record: RequestRecord, now: float) -> RequestRecord | Completed:
         """What a new call for an existing record gets: the answer, an error or a claim."""
-        state = record["state"]
-        if state == RequestState.DONE:
-            return Completed(OutboundResponse.model_validate(record["answer"]))
-        if state == RequestState.CLAIMED:
-            if now < record["lease_until"]:
+        if record.state == RequestState.DONE:
+            assert record.answer is not None  # noqa: S101 - a record is done with its answer
+            return Completed(record.answer)
+        if record.state == RequestState.CLAIMED:
+            if now < _known(record.lease_until):
                 raise RequestInFlight("this RequestId is being sent right now; retry shortly")
             # The claimant died mid-send: its POST may have reached the provider.
-            record = record | {
-                "state": RequestState.AMBIGUOUS,
-                "attempts": record["attempts"] + 1,
-                "attempted_at": record["claimed_at"],
-            }
-            state = RequestState.AMBIGUOUS
-        if state == RequestState.AMBIGUOUS:
-            grace = self.grace_for(record.get("provider"))
-            waited = now - record["attempted_at"]
+            record = record.changed(
+                state=RequestState.AMBIGUOUS,
+                attempts=record.attempts + 1,
+                attempted_at=record.claimed_at,
+            )
+        if record.state == RequestState.AMBIGUOUS:
+            grace = self.grace_for(record.provider)
+            waited = now - _known(record.attempted_at)
             if waited < grace:
                 raise SendAmbiguous(
                     "an earlier attempt may have reached the provider; waiting for its "
                     "status callback before trying again",
                     retry_after=int(grace - waited) + 1,
                 )
-            if record["attempts"] >= MAX_SEND_ATTEMPTS:
+            if record.attempts >= MAX_SEND_ATTEMPTS:
                 raise SendAmbiguous(
-                    f"{record['attempts']} attempts ended without a known outcome and no "
+                    f"{record.attempts} attempts ended without a known outcome and no "
                     "status callback confirmed one; not submitting again (check the "
                     "provider's message log)",
                     retry_after=int(grace) or 60,
                 )
         return self._claimed(record, now)
 
-    def _claimed(self, record: Record, now: float) -> Record:
+    def _claimed(self, record: RequestRecord, now: float) -> RequestRecord:
         # first_attempt_at: when the first attempt that may have reached the provider
         # began. An ambiguous request keeps it, so a new attempt can repeat the first one
         # exactly (ACS dedupes by it); after provably unsent attempts it starts anew.
-        if record.get("state") == RequestState.AMBIGUOUS:
-            first = record.get("first_attempt_at", record.get("created_at", now))
+        if record.state == RequestState.AMBIGUOUS:
+            first = record.first_attempt_at
+            if first is None:  # a record of a version that did not keep it
+                first = now if record.created_at is None else record.created_at
         else:
             first = now
-        return record | {
-            "state": RequestState.CLAIMED,
-            "claimed_at": now,
-            "lease_until": now + self.lease_seconds,
-            "first_attempt_at": first,
-        }
+        return record.changed(
+            state=RequestState.CLAIMED,
+            claimed_at=now,
+            lease_until=now + self.lease_seconds,
+            first_attempt_at=first,
+        )
 
     def _update(
         self,
         request_id: str,
-        change: Callable[[Record], Record | None],
+        change: Callable[[RequestRecord], RequestRecord | None],
         found: Versioned | None = None,
-    ) -> Record:
+    ) -> RequestRecord:
         """The request record with ``change`` applied (see ``update``); None leaves it."""
-        updated = update(self.store, _request_key(request_id), change, found=found)
+
+        def change_row(row: Record) -> Record | None:
+            changed = change(RequestRecord.from_row(row))
+            return None if changed is None else changed.to_row()
+
+        updated = update(self.store, _request_key(request_id), change_row, found=found)
         if updated.found is None:
             raise KeyError(request_id)
-        return updated.found.data
+        return RequestRecord.from_row(updated.found.data)
 
 
-def _sent_through(sender: Record, provider: str | None) -> bool:
-    """Whether a remembered sender applies to replies through ``provider`` (None: any)."""
-    return provider is None or sender.get("provider", provider) == provider
+def _known(moment: float | None) -> float:
+    """A time a record in this state always has (0.0, long past, should it lack it)."""
+    return 0.0 if moment is None else moment
 
 
 def _request_key(request_id: str) -> str:
