@@ -141,11 +141,11 @@ class WebhookService:
                 retry_after=unavailable.retry_after,
                 maybe_received=maybe_received,
             )
-            if item["state"] == ItemState.DEAD:
+            if item.state == ItemState.DEAD:
                 log.error(
                     "%s is dead after %s attempts: %s",
                     lease.key,
-                    item["attempts"],
+                    item.attempts,
                     unavailable.detail,
                 )
             if unavailable is exc:

@@ -89,9 +89,9 @@ def test_a_failed_item_waits_for_its_backoff_unless_forced(outbox: Outbox, clock
     lease = outbox.put("notification:r-1", "notification", PAYLOAD)
     assert lease is not None
     item = outbox.failed(lease, "Dataverse answered 503", retry_after=5)
-    assert item["state"] == "pending"
-    assert item["attempts"] == 1
-    assert item["next_at"] == clock.now + 60  # a minute at least
+    assert item.state == "pending"
+    assert item.attempts == 1
+    assert item.next_at == clock.now + 60  # a minute at least
     assert outbox.due(10) == []
     assert outbox.claim("notification:r-1") is None
     clock.now += 61
@@ -122,7 +122,7 @@ def test_an_item_that_keeps_failing_is_dead_and_counted(outbox: Outbox, clock: C
         )
         assert lease is not None, attempt
         item = outbox.failed(lease, "403 missing privilege", retry_after=1)
-    assert item["state"] == "dead"
+    assert item.state == "dead"
     assert outbox.claim("notification:r-1", force=True) is None
     assert outbox.due(10) == []
     clock.now += 100
@@ -175,8 +175,8 @@ def test_a_lost_answer_waits_for_a_timer_run_and_stays_in_doubt(
     lease = outbox.put("notification:r-1", "notification", PAYLOAD)
     assert lease is not None
     item = outbox.failed(lease, "read timeout", retry_after=1, maybe_received=True)
-    assert (item["in_doubt"], item["call_at"]) == (True, None)
-    assert item["next_at"] >= clock.now + 60  # no sooner than the next timer run
+    assert (item.in_doubt, item.call_at) == (True, None)
+    assert item.next_at >= clock.now + 60  # no sooner than the next timer run
     assert outbox.claim("notification:r-1", force=True) is None
     clock.now += 61
     again = outbox.claim("notification:r-1")
@@ -184,7 +184,7 @@ def test_a_lost_answer_waits_for_a_timer_run_and_stays_in_doubt(
     assert again.possible_duplicate
     # A refusal of the repeat does not clear the doubt about the first call.
     item = outbox.failed(again, "Dataverse answered 503", retry_after=1)
-    assert item["in_doubt"] is True
+    assert item.in_doubt is True
 
 
 def test_a_refusal_before_acting_is_retried_at_once_and_not_in_doubt(
@@ -204,7 +204,7 @@ def test_an_item_waiting_for_an_operator_counts_no_attempt(outbox: Outbox, clock
     assert lease is not None
     for _ in range(MAX_FORWARD_ATTEMPTS + 1):
         item = outbox.waiting(lease, "channel definition")
-        assert (item["state"], item["attempts"]) == ("pending", 0)
+        assert (item.state, item.attempts) == ("pending", 0)
         assert outbox.due(10) == []
         clock.now += 60
         assert outbox.due(10) == ["inbound:twilio:SM1"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -80,11 +80,94 @@ def retry_delay(attempts: int, retry_after: float) -> float:
 
 
 @dataclass(frozen=True)
+class OutboxItem:
+    """An outbox item (``due:<key>``, or the previous version's ``outbox:<key>``), typed.
+
+    ``row`` is how it is stored: ``changed`` writes onto it, so fields keep their order
+    and anything this version does not know survives.
+    """
+
+    kind: str
+    """``notification`` or ``inbound``."""
+    payload: dict[str, Any]
+    """The contract fields to send (OrganizationId is added when forwarding)."""
+    state: ItemState
+    attempts: int
+    created_at: float
+    next_at: float
+    """When the timer may try it next (the back-off)."""
+    leased_until: float
+    call_at: float | None
+    """When the call of the current (or a lost) lease began; None once its outcome is known."""
+    in_doubt: bool
+    """An earlier call's answer was lost: Dataverse may have acted on it."""
+    last_error: str | None
+    waiting_for: str | None
+    """What a reply waits for before it can be forwarded (no call is made meanwhile)."""
+    row: Record = field(compare=False, repr=False)
+
+    @classmethod
+    def from_row(cls, row: Record) -> OutboxItem:
+        """The item a store holds as ``row``."""
+        return cls(
+            kind=row["kind"],
+            payload=row["payload"],
+            state=ItemState(row["state"]),
+            attempts=int(row["attempts"]),
+            created_at=row["created_at"],
+            next_at=row["next_at"],
+            leased_until=row["leased_until"],
+            call_at=row.get("call_at"),
+            in_doubt=bool(row.get("in_doubt")),
+            last_error=row.get("last_error"),
+            waiting_for=row.get("waiting_for"),
+            row=row,
+        )
+
+    @classmethod
+    def leased_anew(
+        cls, kind: str, payload: dict[str, Any], *, now: float, lease_seconds: float
+    ) -> OutboxItem:
+        """A new item, leased at once to be forwarded."""
+        return cls.from_row(
+            {
+                "kind": kind,
+                "payload": payload,
+                "state": ItemState.PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "next_at": now,
+                "leased_until": now + lease_seconds,
+                # The lease is taken to call Dataverse: from here on, a call may be in flight.
+                "call_at": now,
+                "in_doubt": False,
+            }
+        )
+
+    def to_row(self) -> Record:
+        """The item as a store keeps it."""
+        return self.row
+
+    def changed(self, **changes: Any) -> OutboxItem:
+        """The item with ``changes`` (by field name), written onto its stored row."""
+        return OutboxItem.from_row(self.row | changes)
+
+    @property
+    def maybe_received(self) -> bool:
+        """Whether an earlier call for the item may have reached Dataverse.
+
+        Its answer was lost, or a lease ran out with its call still marked (the caller
+        died or gave up mid-call).
+        """
+        return self.in_doubt or self.call_at is not None
+
+
+@dataclass(frozen=True)
 class Lease:
     """The right to forward one item now; ``etag`` guards the follow-up write."""
 
     key: str
-    item: Record
+    item: OutboxItem
     etag: str
     legacy: bool = False
     """An item of the previous version (``outbox:<key>``), forwarded the old way."""
@@ -92,22 +175,24 @@ class Lease:
     @property
     def kind(self) -> str:
         """``notification`` or ``inbound``."""
-        return str(self.item["kind"])
+        return self.item.kind
 
     @property
     def payload(self) -> dict[str, Any]:
         """The contract fields to send (OrganizationId is added when forwarding)."""
-        payload: dict[str, Any] = self.item["payload"]
-        return payload
+        return self.item.payload
 
     @property
     def possible_duplicate(self) -> bool:
         """An earlier call for this item may have reached Dataverse (its answer was lost)."""
-        return bool(self.item.get("in_doubt"))
+        return self.item.in_doubt
 
     def with_payload(self, payload: dict[str, Any]) -> Lease:
-        """The same lease carrying ``payload`` (resolved when forwarding; not stored)."""
-        return replace(self, item=self.item | {"payload": payload})
+        """The same lease carrying ``payload`` (resolved when forwarding).
+
+        Stored only should the lease end without forwarding (``failed``, ``waiting``).
+        """
+        return replace(self, item=self.item.changed(payload=payload))
 
 
 @dataclass(frozen=True)
@@ -171,24 +256,13 @@ class Outbox:
             if self.store.get(_legacy_item(key)) is not None:
                 return self.claim(key, force=True)
         now = self.clock()
-        item: Record = {
-            "kind": kind,
-            "payload": payload,
-            "state": ItemState.PENDING,
-            "attempts": 0,
-            "created_at": now,
-            "next_at": now,
-            "leased_until": now + self.lease_seconds,
-            # The lease is taken to call Dataverse: from here on, a call may be in flight.
-            "call_at": now,
-            "in_doubt": False,
-        }
+        item = OutboxItem.leased_anew(kind, payload, now=now, lease_seconds=self.lease_seconds)
         # The marker, written with the item, is what blocks every later put for the key,
         # long after the item has gone: no read is needed to tell a first put.
         marker: Record = {"state": MarkerState.KEPT, "kind": kind, "created_at": now}
         try:
             _, etag = self.store.transact(
-                [Write("insert", _marker(key), marker), Write("insert", _item(key), item)]
+                [Write("insert", _marker(key), marker), Write("insert", _item(key), item.to_row())]
             )
         except AlreadyExists:  # kept earlier (a retry may forward it now) or forwarded
             found = self.store.get(_item(key))
@@ -220,7 +294,7 @@ class Outbox:
         address = _legacy_item(key) if due.legacy else _item(key)
         if (
             due.legacy
-            and self._may_lease(due.found.data, force=force)
+            and self._may_lease(OutboxItem.from_row(due.found.data), force=force)
             and self.store.get(_legacy_marker(key)) is not None
         ):
             # Forwarded, but the process stopped before removing the item (the previous
@@ -228,29 +302,30 @@ class Outbox:
             self._remove(address)
             return None
 
-        def lease(item: Record) -> Record | None:
+        def lease(row: Record) -> Record | None:
+            item = OutboxItem.from_row(row)
             if not self._may_lease(item, force=force):
                 return None
             now = self.clock()
-            return item | {
-                "leased_until": now + self.lease_seconds,
-                "call_at": now,
-                "in_doubt": _in_doubt(item),
-            }
+            leased = item.changed(
+                leased_until=now + self.lease_seconds, call_at=now, in_doubt=item.maybe_received
+            )
+            return leased.to_row()
 
         updated = update(self.store, address, lease, found=due.found)
         if not updated.written or updated.found is None:
             return None
-        return Lease(key, updated.found.data, updated.found.etag, legacy=due.legacy)
+        item = OutboxItem.from_row(updated.found.data)
+        return Lease(key, item, updated.found.etag, legacy=due.legacy)
 
-    def _may_lease(self, item: Record, *, force: bool) -> bool:
+    def _may_lease(self, item: OutboxItem, *, force: bool) -> bool:
         """Whether ``item`` may be leased now (``force``: by a provider's retry)."""
         now = self.clock()
-        if item["state"] != ItemState.PENDING:
+        if item.state != ItemState.PENDING:
             return False
-        if force and _in_doubt(item):
+        if force and item.maybe_received:
             return False  # a provider's retry: only the timer repeats a call in doubt
-        return item["leased_until"] <= now and (force or item["next_at"] <= now)
+        return item.leased_until <= now and (force or item.next_at <= now)
 
     @operation
     def forwarded(self, lease: Lease) -> None:
@@ -258,7 +333,7 @@ class Outbox:
         marker = {
             "state": MarkerState.FORWARDED,
             "kind": lease.kind,
-            "created_at": lease.item["created_at"],
+            "created_at": lease.item.created_at,
             "forwarded_at": self.clock(),
             # What was reported, minus a reply's text and its sender (the customer): the
             # marker outlives the content by far (see retention), so it keeps no personal data.
@@ -294,7 +369,7 @@ class Outbox:
     @operation
     def failed(
         self, lease: Lease, error: str, *, retry_after: float, maybe_received: bool = False
-    ) -> Record:
+    ) -> OutboxItem:
         """Forwarding failed: give the lease back; the timer retries it with backoff.
 
         ``maybe_received``: the call went out and its answer was lost, so Dataverse may
@@ -304,21 +379,21 @@ class Outbox:
         return self._give_back(
             lease,
             lambda item, now: {
-                "attempts": int(item["attempts"]) + 1,
+                "attempts": item.attempts + 1,
                 "last_error": error,
-                "next_at": now + retry_delay(int(item["attempts"]) + 1, retry_after),
+                "next_at": now + retry_delay(item.attempts + 1, retry_after),
                 "state": (
                     ItemState.DEAD
-                    if int(item["attempts"]) + 1 >= MAX_FORWARD_ATTEMPTS
+                    if item.attempts + 1 >= MAX_FORWARD_ATTEMPTS
                     else ItemState.PENDING
                 ),
-                "in_doubt": bool(item.get("in_doubt")) or maybe_received,
+                "in_doubt": item.in_doubt or maybe_received,
                 "waiting_for": None,
             },
         )
 
     @operation
-    def waiting(self, lease: Lease, reason: str) -> Record:
+    def waiting(self, lease: Lease, reason: str) -> OutboxItem:
         """The item cannot be forwarded yet (no call was made): the next timer run tries.
 
         No attempt is counted, so an item waiting for an operator never dies of it.
@@ -328,26 +403,30 @@ class Outbox:
             lambda item, now: {
                 "waiting_for": reason,
                 "next_at": now + MIN_BACKOFF_SECONDS,
-                "in_doubt": bool(item.get("in_doubt")),
+                "in_doubt": item.in_doubt,
             },
         )
 
-    def _give_back(self, lease: Lease, change: Callable[[Record, float], Record]) -> Record:
-        """End the lease with ``change`` applied; the call it was taken for is over."""
+    def _give_back(
+        self, lease: Lease, change: Callable[[OutboxItem, float], dict[str, Any]]
+    ) -> OutboxItem:
+        """End the lease with ``change`` (fields by name) applied; its call is over."""
         now = self.clock()
         address = _legacy_item(lease.key) if lease.legacy else _item(lease.key)
         tries = 0
 
-        def give_back(item: Record) -> Record:
+        def give_back(row: Record) -> Record:
             nonlocal tries
             tries += 1
+            item = OutboxItem.from_row(row)
             # After a conflict, our lease ran out and another caller took the item: its
             # lease and its in-flight mark are its own to end.
-            ended: Record = {"leased_until": 0.0, "call_at": None} if tries == 1 else {}
-            return item | change(item, now) | ended
+            ended: dict[str, Any] = {"leased_until": 0.0, "call_at": None} if tries == 1 else {}
+            return item.changed(**(change(item, now) | ended)).to_row()
 
-        updated = update(self.store, address, give_back, found=Versioned(lease.item, lease.etag))
-        return lease.item if updated.found is None else updated.found.data
+        found = Versioned(lease.item.to_row(), lease.etag)
+        updated = update(self.store, address, give_back, found=found)
+        return lease.item if updated.found is None else OutboxItem.from_row(updated.found.data)
 
     def due(self, limit: int) -> list[str]:
         """Keys of pending items due for forwarding, oldest first, at most ``limit``."""
@@ -372,16 +451,14 @@ class Outbox:
         scanned = [(key, found, False) for key, found in self.store.scan(ITEM)]
         scanned += [(key, found, True) for key, found in self.store.scan(LEGACY_ITEM)]
         for address, found, legacy in scanned:
-            item = found.data
-            ages.setdefault(item["state"], []).append(now - item["created_at"])
-            if item["state"] == ItemState.PENDING:
-                in_doubt += bool(item.get("in_doubt")) or (
-                    item.get("call_at") is not None and item["leased_until"] <= now
-                )
-                waiting += bool(item.get("waiting_for"))
-                if item["next_at"] <= now and item["leased_until"] <= now:
+            item = OutboxItem.from_row(found.data)
+            ages.setdefault(item.state, []).append(now - item.created_at)
+            if item.state == ItemState.PENDING:
+                in_doubt += item.in_doubt or (item.call_at is not None and item.leased_until <= now)
+                waiting += bool(item.waiting_for)
+                if item.next_at <= now and item.leased_until <= now:
                     key = address.partition(":")[2]
-                    due.append((item["created_at"], key, Due(key, found, legacy)))
+                    due.append((item.created_at, key, Due(key, found, legacy)))
         due.sort(key=lambda entry: entry[:2])
         stats = OutboxStats(
             pending=len(ages[ItemState.PENDING]),
@@ -427,15 +504,6 @@ LEGACY_ITEM = "outbox"
 """The previous version's item kind."""
 LEGACY_MARKER = "forwarded"
 """The previous version's marker kind (written once forwarded, then the item removed)."""
-
-
-def _in_doubt(item: Record) -> bool:
-    """Whether an earlier call for ``item`` may have reached Dataverse.
-
-    Its answer was lost, or a lease ran out with its call still marked (the caller died
-    or gave up mid-call).
-    """
-    return bool(item.get("in_doubt")) or item.get("call_at") is not None
 
 
 def _item(key: str) -> str:
