@@ -17,9 +17,10 @@ from channel.envelope import read_outbound
 from channel.errors import ChannelError, Forbidden, NotConfigured, PayloadTooLarge, Unauthorized
 from channel.logs import log_unexpected
 from channel.providers.base import Webhook, WebhookAdapter, WebhookReply
-from channel.runtime import Runtime, get_runtime
+from channel.runtime import get_runtime
 
 if TYPE_CHECKING:
+    from channel.ledger.outbox import OutboxStats
     from channel.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
@@ -194,15 +195,28 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: 200 when configured and ready, 503 with every problem otherwise."""
     runtime = get_runtime()
     report = health_report(runtime.settings)
-    if not runtime.settings.problems:
-        forwarding = _forwarding_health(runtime)
-        report["forwarding"] = forwarding
-        if "error" in forwarding:  # a ledger that cannot be read: nothing can be sent
-            report["status"] = "unavailable"
-            report["problems"] = [forwarding["error"]]
+    ready = not runtime.settings.problems
+    if ready:
+        try:
+            stats = runtime.outbox.stats()
+        except Exception as exc:  # health must answer even when the ledger does not
+            # A ledger that cannot be read: nothing can be sent.
+            log.warning("health could not read the message ledger: %s", type(exc).__name__)
+            problem = (
+                f"the message ledger ({runtime.settings.ledger_kind}) could not be read "
+                f"({type(exc).__name__}); check CHANNEL_STORAGE_* or the ledger file"
+            )
+            report |= {
+                "forwarding": {"error": problem},
+                "status": "unavailable",
+                "problems": [problem],
+            }
+            ready = False
+        else:
+            report["forwarding"] = _forwarding_health(stats)
     return func.HttpResponse(
         json.dumps(report),
-        status_code=200 if report["status"] == "ok" else 503,
+        status_code=200 if ready else 503,
         mimetype="application/json",
     )
 
@@ -237,16 +251,8 @@ def health_report(settings: Settings) -> dict[str, object]:
     }
 
 
-def _forwarding_health(runtime: Runtime) -> dict[str, object]:
+def _forwarding_health(stats: OutboxStats) -> dict[str, object]:
     """What waits in the outbox: counts and ages; dead items need an operator."""
-    try:
-        stats = runtime.outbox.stats()
-    except Exception as exc:  # health must answer even when the ledger does not
-        log.warning("health could not read the message ledger: %s", type(exc).__name__)
-        return {
-            "error": f"the message ledger ({runtime.settings.ledger_kind}) could not be read "
-            f"({type(exc).__name__}); check CHANNEL_STORAGE_* or the ledger file"
-        }
     return {
         "pending": stats.pending,
         "dead": stats.dead,
