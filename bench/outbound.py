@@ -91,6 +91,29 @@ if response.status_code != 200 or b'"Sent"' not in response.get_body():
     sys.exit("outbound answered %s: %r" % (response.status_code, response.get_body()))
 """
 
+# What the Functions worker does before it loads the app when telemetry is on (it
+# configures the Azure Monitor distro; here the SDK's providers with in-memory sinks, so
+# both children pay the same SDK import and only the app's own telemetry differs).
+TELEMETRY_PRELUDE = """
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+spans = InMemorySpanExporter()
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(tracer_provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+"""
+
+# With telemetry on, the app child also proves its spans were recorded.
+TELEMETRY_CHECK = """
+if not any(span.name == "outbound" for span in spans.get_finished_spans()):
+    sys.exit("telemetry on, yet no outbound span was recorded")
+"""
+
 BARE_CHILD = """
 import json
 import sys
@@ -133,20 +156,29 @@ def _run_child(args: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def measure_cold(server: FastServer, runs: int, ledger_dir: Path) -> ColdResult:
-    """Wall time of fresh interpreters, spawn to exit, alternating app and bare."""
+def measure_cold(
+    server: FastServer, runs: int, ledger_dir: Path, *, telemetry: bool = False
+) -> ColdResult:
+    """Wall time of fresh interpreters, spawn to exit, alternating app and bare.
+
+    With ``telemetry``, both start as the worker does with telemetry on: OpenTelemetry
+    SDK providers installed before anything else.
+    """
     counter = itertools.count()
+    prelude = TELEMETRY_PRELUDE if telemetry else ""
+    app_child = prelude + APP_CHILD + (TELEMETRY_CHECK if telemetry else "")
+    bare_child = prelude + BARE_CHILD
 
     def app_run() -> float:
         ledger = ledger_dir / f"cold-{next(counter)}" / "ledger.sqlite3"
         env = channel_env(server.base_url, str(ledger))
-        return _run_child(["-c", APP_CHILD, payload_body(str(uuid.uuid4())).decode()], env)
+        return _run_child(["-c", app_child, payload_body(str(uuid.uuid4())).decode()], env)
 
     def bare_run() -> float:
         env = channel_env(server.base_url, str(ledger_dir / f"cold-{next(counter)}" / "unused"))
         form = json.dumps(twilio_form(str(uuid.uuid4())))
         url = twilio_messages_url(server.base_url)
-        return _run_child(["-c", BARE_CHILD, url, form, ACCOUNT_SID, AUTH_TOKEN], env)
+        return _run_child(["-c", bare_child, url, form, ACCOUNT_SID, AUTH_TOKEN], env)
 
     # One untimed run of each: byte-code caches and the OS page cache are warm for both.
     app_run()
@@ -176,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also measure warm outbound with the Table Storage ledger (starts Azurite)",
     )
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="cold start with OpenTelemetry SDK providers installed first in both processes",
+    )
     options = parser.parse_args(argv)
     if options.iterations < 2 or options.cold_runs < 1:
         parser.error("--iterations must be >= 2 and --cold-runs >= 1")
@@ -193,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         warm = measure_warm(server, options.iterations, ledger_dir)
         warm.print(WARM_TARGET, server.connections)
 
-        print(f"\ncold: {options.cold_runs} fresh processes of each kind, alternating")
-        cold = measure_cold(server, options.cold_runs, ledger_dir)
+        setting = "on" if options.telemetry else "off"
+        print(
+            f"\ncold: {options.cold_runs} fresh processes of each kind, alternating "
+            f"(telemetry {setting})"
+        )
+        cold = measure_cold(server, options.cold_runs, ledger_dir, telemetry=options.telemetry)
         for name, stats in (("app process", cold.app), ("bare process", cold.bare)):
             print(
                 f"  {name:<18} median {stats.median:7.3f} s    "

@@ -55,6 +55,14 @@ def test_outbound_bench() -> None:
     assert re.search(r"server connections opened: [12]\)", output), output
 
 
+def test_outbound_bench_with_telemetry_on_records_the_apps_spans() -> None:
+    # The app child exits non-zero (a Traceback-free failure run_bench reports) unless its
+    # outbound span reached the SDK installed before the app was loaded.
+    output = run_bench("outbound", "--cold-runs", "1", "--telemetry")
+    assert "(telemetry on)" in output
+    assert re.search(rf"^cold start: +{FIGURE} \(target <= 1\.3\)", output, re.M)
+
+
 def test_outbound_next_bench_measures_every_provider() -> None:
     output = run_bench("outbound_next")
     for provider in ("vonage", "telnyx", "acs", "sinch", "plivo"):
