@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,10 +20,10 @@ from werkzeug import Response
 
 from channel.config import Settings
 from channel.runtime import get_runtime
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure
 from tests.data import RECIPIENT, SENDER_E164, TEXT, UNICODE_TEXT, payload
 from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN, FakePlivo, error
-from tests.test_twilio import assert_ok, assert_problem, closed_port, not_sent, sent
+from tests.test_twilio import assert_ok, assert_problem, not_sent, sent
 
 RID = payload()["RequestId"]
 CALLBACK = "https://sms.contoso.example/api/delivery-report/plivo"
@@ -232,16 +230,6 @@ def test_a_reply_that_is_not_json_is_read_as_no_body(call: Call, fake: FakePlivo
     assert len(fake.posts) == 2
 
 
-def test_read_timeout_is_ambiguous_and_never_reposted(
-    call: Call, fake: FakePlivo, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="2")  # room to connect on a busy machine
-    fake.slow(10.0)
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert len(fake.posts) == 1
-
-
 def test_after_an_unknown_outcome_and_the_grace_at_most_one_new_attempt(
     call: Call, fake: FakePlivo, configure: Configure
 ) -> None:
@@ -259,43 +247,7 @@ def test_after_an_unknown_outcome_and_the_grace_at_most_one_new_attempt(
     assert len(fake.posts) == 2
 
 
-def test_refused_connection_is_503_then_sendable(
-    call: Call, fake: FakePlivo, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="2", PLIVO_BASE_URL=f"http://127.0.0.1:{closed_port()}")
-    assert_problem(call("outbound", payload()), 503, "provider-unavailable")
-    configure(PLIVO_BASE_URL=fake.base_url)
-    assert_ok(call("outbound", payload()), sent(fake.message_uuid(1)))
-    assert len(fake.posts) == 1
-
-
-# --- one send per RequestId ---------------------------------------------------------------
-
-
-def test_same_request_id_is_answered_from_the_ledger(call: Call, fake: FakePlivo) -> None:
-    first = call("outbound", payload())
-    again = call("outbound", payload())
-    assert answer_json(first) == answer_json(again) == sent(fake.message_uuid(1))
-    assert len(fake.posts) == 1
-    assert_problem(call("outbound", payload(Message={"text": "other"})), 422, "request-conflict")
-    assert len(fake.posts) == 1
-
-
-def test_twenty_concurrent_calls_with_one_request_id_send_once(call: Call, fake: FakePlivo) -> None:
-    fake.slow(0.5)
-    start = threading.Barrier(20)
-
-    def one() -> int:
-        start.wait()
-        status: int = call("outbound", payload()).status_code
-        return status
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(lambda _: one(), range(20)))
-    assert len(fake.posts) == 1
-    assert set(statuses) <= {200, 409}
-    assert statuses.count(200) >= 1
-    assert_ok(call("outbound", payload()), sent(fake.message_uuid(1)))
+# Read timeout, refused connection and one send per RequestId: test_provider_guarantees.py
 
 
 # --- settings -----------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -21,7 +19,7 @@ from werkzeug import Response
 
 from channel.config import Settings
 from channel.runtime import get_runtime
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure
 from tests.data import (
     OTHER_RECIPIENT,
     RECIPIENT,
@@ -38,7 +36,7 @@ from tests.data import (
     payload,
 )
 from tests.fake_sinch import FakeSinch
-from tests.test_twilio import assert_ok, assert_problem, closed_port, not_sent, sent
+from tests.test_twilio import assert_ok, assert_problem, not_sent, sent
 
 RID = payload()["RequestId"]
 CALLBACK = "https://sms.contoso.example/api/delivery-report/sinch"
@@ -217,55 +215,7 @@ def test_success_without_a_batch_id_is_ambiguous(call: Call, sinch: FakeSinch) -
     assert len(sinch.posts) == 1
 
 
-def test_read_timeout_is_ambiguous_and_never_reposted(
-    call: Call, sinch: FakeSinch, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="1")
-    sinch.slow(5.0)
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert len(sinch.posts) == 1
-
-
-def test_refused_connection_is_503_then_sendable(
-    call: Call, sinch: FakeSinch, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="2", SINCH_BASE_URL=f"http://127.0.0.1:{closed_port()}")
-    assert_problem(call("outbound", payload()), 503, "provider-unavailable")
-    configure(SINCH_BASE_URL=sinch.base_url)
-    assert_ok(call("outbound", payload()), sent(sinch.batch_id(1)))
-    assert len(sinch.posts) == 1
-
-
-# --- one send per RequestId ---------------------------------------------------------------
-
-
-def test_same_request_id_is_answered_from_the_ledger(call: Call, sinch: FakeSinch) -> None:
-    first = call("outbound", payload())
-    again = call("outbound", payload())
-    assert answer_json(first) == answer_json(again) == sent(sinch.batch_id(1))
-    assert len(sinch.posts) == 1
-    assert_problem(call("outbound", payload(Message={"text": "other"})), 422, "request-conflict")
-    assert len(sinch.posts) == 1
-
-
-def test_twenty_concurrent_calls_with_one_request_id_send_once(
-    call: Call, sinch: FakeSinch
-) -> None:
-    sinch.slow(0.5)
-    start = threading.Barrier(20)
-
-    def one() -> int:
-        start.wait()
-        status: int = call("outbound", payload()).status_code
-        return status
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(lambda _: one(), range(20)))
-    assert len(sinch.posts) == 1
-    assert set(statuses) <= {200, 409}
-    assert statuses.count(200) >= 1
-    assert_ok(call("outbound", payload()), sent(sinch.batch_id(1)))
+# Read timeout, refused connection and one send per RequestId: test_provider_guarantees.py
 
 
 # --- a new attempt after an unknown outcome looks for the earlier batch first -----------

@@ -7,9 +7,7 @@ test can tell a repeat (same key, same bytes: nothing sent twice) from a second 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -18,10 +16,10 @@ from werkzeug import Response
 from channel.config import Settings
 from channel.providers import telnyx as telnyx_provider
 from channel.runtime import get_runtime
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure
 from tests.data import RECIPIENT, SENDER_E164, TELNYX_API_KEY, TEXT, UNICODE_TEXT, payload
 from tests.fake_telnyx import PUBLIC_KEY, FakeTelnyx, failure
-from tests.test_twilio import assert_ok, assert_problem, closed_port, not_sent, sent
+from tests.test_twilio import assert_ok, assert_problem, not_sent, sent
 
 RID = payload()["RequestId"]
 CALLBACK = "https://sms.contoso.example/api/delivery-report/telnyx"
@@ -192,32 +190,7 @@ def test_key_reused_with_another_body_is_ambiguous_never_not_sent(
     assert_problem(call("outbound", payload()), 503, "send-ambiguous")
 
 
-def test_refused_connection_is_503_then_sendable(
-    call: Call, telnyx: FakeTelnyx, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="2", TELNYX_BASE_URL=f"http://127.0.0.1:{closed_port()}")
-    assert_problem(call("outbound", payload()), 503, "provider-unavailable")
-    configure(TELNYX_BASE_URL=telnyx.base_url)
-    assert_ok(call("outbound", payload()), sent(telnyx.message_id(1)))
-    assert len(telnyx.posts) == 1
-
-
-def test_twenty_concurrent_calls_with_one_request_id_send_once(
-    call: Call, telnyx: FakeTelnyx
-) -> None:
-    telnyx.slow(0.5)
-    start = threading.Barrier(20)
-
-    def one() -> int:
-        start.wait()
-        status: int = call("outbound", payload()).status_code
-        return status
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(lambda _: one(), range(20)))
-    assert len(telnyx.posts) == 1
-    assert set(statuses) <= {200, 409}
-    assert answer_json(call("outbound", payload())) == sent(telnyx.message_id(1))
+# Refused connection and one send per RequestId: test_provider_guarantees.py
 
 
 # --- settings -----------------------------------------------------------------------------

@@ -7,9 +7,7 @@ of the token's shape.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -18,7 +16,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from channel.config import Settings
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure
 from tests.data import (
     RECIPIENT,
     SENDER,
@@ -29,7 +27,7 @@ from tests.data import (
     payload,
 )
 from tests.fake_vonage import PRIVATE_KEY_PEM, PUBLIC_KEY, FakeVonage, error
-from tests.test_twilio import assert_ok, assert_problem, closed_port, not_sent, sent
+from tests.test_twilio import assert_ok, assert_problem, not_sent, sent
 
 RID = payload()["RequestId"]
 CALLBACK = "https://sms.contoso.example/api/delivery-report/vonage"
@@ -196,55 +194,7 @@ def test_server_error_is_ambiguous_and_never_reposted(
     assert len(vonage.posts) == 1
 
 
-def test_read_timeout_is_ambiguous_and_never_reposted(
-    call: Call, vonage: FakeVonage, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="1")
-    vonage.slow(5.0)
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert_problem(call("outbound", payload()), 503, "send-ambiguous")
-    assert len(vonage.posts) == 1
-
-
-def test_refused_connection_is_503_then_sendable(
-    call: Call, vonage: FakeVonage, configure: Configure
-) -> None:
-    configure(CHANNEL_TIME_BUDGET_SECONDS="2", VONAGE_BASE_URL=f"http://127.0.0.1:{closed_port()}")
-    assert_problem(call("outbound", payload()), 503, "provider-unavailable")
-    configure(VONAGE_BASE_URL=vonage.base_url)
-    assert_ok(call("outbound", payload()), sent(vonage.message_uuid(1)))
-    assert len(vonage.posts) == 1
-
-
-# --- one send per RequestId ---------------------------------------------------------------
-
-
-def test_same_request_id_is_answered_from_the_ledger(call: Call, vonage: FakeVonage) -> None:
-    first = call("outbound", payload())
-    again = call("outbound", payload())
-    assert answer_json(first) == answer_json(again) == sent(vonage.message_uuid(1))
-    assert len(vonage.posts) == 1
-    assert_problem(call("outbound", payload(Message={"text": "other"})), 422, "request-conflict")
-    assert len(vonage.posts) == 1
-
-
-def test_twenty_concurrent_calls_with_one_request_id_send_once(
-    call: Call, vonage: FakeVonage
-) -> None:
-    vonage.slow(0.5)
-    start = threading.Barrier(20)
-
-    def one() -> int:
-        start.wait()
-        status: int = call("outbound", payload()).status_code
-        return status
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(lambda _: one(), range(20)))
-    assert len(vonage.posts) == 1
-    assert set(statuses) <= {200, 409}
-    assert statuses.count(200) >= 1
-    assert_ok(call("outbound", payload()), sent(vonage.message_uuid(1)))
+# Read timeout, refused connection and one send per RequestId: test_provider_guarantees.py
 
 
 # --- settings -----------------------------------------------------------------------------
