@@ -14,7 +14,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from channel.runtime import reset_runtime
-from tests.data import SENSITIVE, TWILIO_SID, TWILIO_TOKEN
+from tests.data import SENSITIVE, TWILIO_SID, TWILIO_TOKEN, payload
 from tests.fakes import IDENTITY_SECRET, FakeDataverse, FakeIdentity, FakeTwilio
 
 _PREFIXES = ("CHANNEL_", "TWILIO_", "ACS_", "DATAVERSE_", "AZURE_", "IDENTITY_", "MSI_", "WEBSITE_")
@@ -113,6 +113,17 @@ def twilio(configure: Configure, httpserver: HTTPServer) -> FakeTwilio:
 def answer_json(response: func.HttpResponse) -> Any:
     """The JSON body of a function's answer."""
     return json.loads(response.get_body())
+
+
+def send(call: Call, rid: str | None = None) -> str:
+    """Send one message through ``outbound`` (it must be Sent); its provider message id.
+
+    ``rid`` defaults to the RequestId of ``tests.data.payload()``.
+    """
+    response = call("outbound", payload() if rid is None else payload(RequestId=rid))
+    assert response.status_code == 200, response.get_body()
+    message_id: str = answer_json(response)["MessageId"]
+    return message_id
 
 
 @pytest.fixture(scope="session")

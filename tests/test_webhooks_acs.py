@@ -29,7 +29,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from channel.runtime import get_runtime, reset_runtime
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure, answer_json, send
 from tests.data import (
     ACS_ACCESS_KEY,
     DEFINITION_ID,
@@ -185,14 +185,6 @@ def wired(acs: FakeAcs, dataverse: FakeDataverse) -> Iterator[FakeDataverse]:
     """ACS and Dataverse both there; every test ends with no contract breach seen."""
     yield dataverse
     assert dataverse.rejected == []
-
-
-def send(call: Call, rid: str = RID) -> str:
-    """Send one message through outbound; its ACS message id."""
-    response = call("outbound", payload(RequestId=rid))
-    assert response.status_code == 200, response.get_body()
-    message_id: str = answer_json(response)["MessageId"]
-    return message_id
 
 
 # --- 1. delivery reports -----------------------------------------------------------------

@@ -35,6 +35,7 @@ from channel.providers.plivo import PlivoWebhooks, v3_signed_url
 from channel.runtime import get_runtime, reset_runtime
 from tests.azurite import Azurite
 from tests.conftest import Call, Configure, answer_json
+from tests.conftest import send as send_one
 from tests.data import (
     DEFINITION_ID,
     RECIPIENT,
@@ -368,10 +369,8 @@ def wired(fake: FakePlivo, dataverse: FakeDataverse) -> Iterator[FakeDataverse]:
 
 def send(call: Call, fake: FakePlivo, rid: str = RID) -> str:
     """Send one message; its MessageUUID (the status URL Plivo was given is checked)."""
-    response = call("outbound", payload(RequestId=rid))
-    assert response.status_code == 200, response.get_body()
+    message_id = send_one(call, rid)
     assert fake.posts[-1].json["url"] == report_url(rid)
-    message_id: str = answer_json(response)["MessageId"]
     return message_id
 
 

@@ -32,7 +32,7 @@ from channel.providers.base import DeliveryState, ReceivedSms, StatusReport, Web
 from channel.providers.telnyx import TelnyxWebhooks
 from channel.runtime import get_runtime, reset_runtime
 from tests.azurite import Azurite
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure, answer_json, send
 from tests.data import (
     DEFINITION_ID,
     RECIPIENT,
@@ -203,13 +203,6 @@ def telnyx(configure: Configure, telnyx_server: HTTPServer) -> Iterator[FakeTeln
 def wired(telnyx: FakeTelnyx, dataverse: FakeDataverse) -> Iterator[FakeDataverse]:
     yield dataverse
     assert dataverse.rejected == []
-
-
-def send(call: Call, rid: str = RID) -> str:
-    response = call("outbound", payload(RequestId=rid))
-    assert response.status_code == 200, response.get_body()
-    message_id: str = answer_json(response)["MessageId"]
-    return message_id
 
 
 def hook(

@@ -26,7 +26,7 @@ from channel.errors import Forbidden, Unauthorized
 from channel.providers.base import DeliveryState, ReceivedSms, StatusReport, Webhook
 from channel.providers.vonage import VonageWebhooks
 from channel.runtime import get_runtime, reset_runtime
-from tests.conftest import Call, Configure, answer_json
+from tests.conftest import Call, Configure, answer_json, send
 from tests.data import (
     DEFINITION_ID,
     RECIPIENT,
@@ -209,13 +209,6 @@ def vonage(configure: Configure, vonage_server: HTTPServer) -> Iterator[FakeVona
 def wired(vonage: FakeVonage, dataverse: FakeDataverse) -> Iterator[FakeDataverse]:
     yield dataverse
     assert dataverse.rejected == []
-
-
-def send(call: Call, rid: str = RID) -> str:
-    response = call("outbound", payload(RequestId=rid))
-    assert response.status_code == 200, response.get_body()
-    message_id: str = answer_json(response)["MessageId"]
-    return message_id
 
 
 def hook(
