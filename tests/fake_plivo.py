@@ -12,12 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import itertools
 import json
 import secrets
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +25,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from tests.data import SENSITIVE
+from tests.fake_rest import ScriptedFake, json_response
 
 PLIVO_AUTH_ID = "MAZDQ1ZDA0YJQ5ZJK0MZ"
 PLIVO_AUTH_TOKEN = "plivo-test-auth-token-0001-not-a-real-one"
@@ -44,63 +42,34 @@ class PlivoPost:
     headers: dict[str, str]
 
 
-PlivoAnswer = Callable[[PlivoPost], Response]
-
-
-class FakePlivo:
+class FakePlivo(ScriptedFake[PlivoPost]):
     """``POST /v1/Account/{auth_id}/Message/``: checks Basic auth, takes every message."""
 
     path = f"/v1/Account/{PLIVO_AUTH_ID}/Message/"
 
     def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.base_url = server.url_for("/").rstrip("/")
-        self.posts: list[PlivoPost] = []
-        """Every POST with our credentials, taken or answered from the script."""
-        self.rejected: list[str] = []
-        """What broke the fake's checks: POSTs refused for their credentials."""
+        super().__init__(server)
         self.messages: list[dict[str, Any]] = []
         """Every message the fake took: what a status callback can then be about."""
-        self.script: list[PlivoAnswer] = []
-        self.release = threading.Event()
-        self._slow: list[float] = []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        server.expect_request(self.path, method="POST").respond_with_handler(self.handle)
 
     def message_uuid(self, n: int) -> str:
         """The n-th message_uuid the fake hands out (Plivo's shape: a UUID)."""
         return f"0936ec98-7c4c-11e7-9e7d-{n:012x}"
 
-    def answer(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next POST with ``status`` and ``body`` (nothing is sent)."""
-        self.script.append(lambda post: _json(status, body, headers))
-
-    def slow(self, seconds: float) -> None:
-        """Take the next unscripted POST's message at once but answer ``seconds`` late."""
-        self._slow.append(seconds)
-
     def handle(self, request: Request) -> Response:
         expected = base64.b64encode(f"{PLIVO_AUTH_ID}:{PLIVO_AUTH_TOKEN}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
-            with self._lock:
-                self.rejected.append("Basic credentials refused")
-            return _json(401, error("Authentication failed"))
+            self.refuse("Basic credentials refused")
+            return json_response(401, error("Authentication failed"))
         post = PlivoPost(json.loads(request.get_data()), dict(request.headers.items()))
-        with self._lock:
-            self.posts.append(post)
-            scripted = self.script.pop(0) if self.script else None
-            late = 0.0 if scripted or not self._slow else self._slow.pop(0)
+        scripted, late = self.take(post)
         if scripted is not None:
             return scripted(post)
         with self._lock:
             message_uuid = self.message_uuid(next(self._ids))
             self.messages.append(post.json | {"message_uuid": message_uuid})
-        if late:
-            self.release.wait(late)
-        return _json(
+        self.wait(late)
+        return json_response(
             202,
             {
                 "api_id": str(uuid.uuid4()),
@@ -113,12 +82,6 @@ class FakePlivo:
 def error(text: str) -> dict[str, Any]:
     """Plivo's error body: ``{"api_id", "error"}``."""
     return {"api_id": str(uuid.uuid4()), "error": text}
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
 
 
 # --- webhook signatures ---------------------------------------------------------------

@@ -12,12 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import itertools
 import json
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +25,7 @@ from sinch.domains.sms.models.v1.shared.text_request import TextRequest
 from werkzeug import Request, Response
 
 from tests.data import SINCH_API_TOKEN, SINCH_SERVICE_PLAN_ID, SINCH_WEBHOOK_SECRET
+from tests.fake_rest import ScriptedFake, json_response
 
 
 @dataclass(frozen=True)
@@ -44,61 +42,36 @@ class SinchPost:
         return body
 
 
-SinchAnswer = Callable[[SinchPost], Response]
-
-
-class FakeSinch:
+class FakeSinch(ScriptedFake[SinchPost]):
     """``POST`` and ``GET /xms/v1/{plan}/batches``: a batch per POST, listed by reference."""
 
+    path = f"/xms/v1/{SINCH_SERVICE_PLAN_ID}/batches"
+
     def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.base_url = server.url_for("/").rstrip("/")
-        self.path = f"/xms/v1/{SINCH_SERVICE_PLAN_ID}/batches"
-        self.posts: list[SinchPost] = []
+        super().__init__(server)
         self.lookups: list[dict[str, str]] = []
         """The query of every GET of the batch list."""
-        self.rejected: list[str] = []
         self.batches: list[dict[str, Any]] = []
         """Every batch Sinch created: what a delivery report can then be about."""
-        self.script: list[SinchAnswer] = []
         self.list_script: list[Response] = []
-        self.release = threading.Event()
-        self._slow: list[float] = []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        server.expect_request(self.path, method="POST").respond_with_handler(self.handle)
         server.expect_request(self.path, method="GET").respond_with_handler(self.list)
 
     def batch_id(self, n: int) -> str:
         """The n-th batch id the fake hands out (Sinch's shape: a 26-character ULID)."""
         return f"01FC66621XXXXX119Z8P{n:06d}"
 
-    def answer(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next POST with ``status`` and ``body`` (no batch is created)."""
-        self.script.append(lambda post: _json(status, body, headers))
-
-    def slow(self, seconds: float) -> None:
-        """Create the next unscripted POST's batch at once but answer ``seconds`` late."""
-        self._slow.append(seconds)
-
     def _authorised(self, request: Request) -> bool:
         if request.headers.get("Authorization") == f"Bearer {SINCH_API_TOKEN}":
             return True
-        with self._lock:
-            self.rejected.append("unknown API token")
+        self.refuse("unknown API token")
         return False
 
     def handle(self, request: Request) -> Response:
         if not self._authorised(request):
-            return _json(401, {"code": "unauthorized", "text": "Unauthorized"})
+            return json_response(401, {"code": "unauthorized", "text": "Unauthorized"})
         post = SinchPost(request.get_data(), dict(request.headers.items()))
         TextRequest.model_validate(post.json)  # the SDK's model of a send: raises if off
-        with self._lock:
-            self.posts.append(post)
-            scripted = self.script.pop(0) if self.script else None
-            late = 0.0 if scripted or not self._slow else self._slow.pop(0)
+        scripted, late = self.take(post)
         if scripted is not None:
             return scripted(post)
         with self._lock:
@@ -111,13 +84,12 @@ class FakeSinch:
                 "modified_at": _iso(time.time()),
             }
             self.batches.append(batch)
-        if late:
-            self.release.wait(late)
-        return _json(201, batch)
+        self.wait(late)
+        return json_response(201, batch)
 
     def list(self, request: Request) -> Response:
         if not self._authorised(request):
-            return _json(401, {"code": "unauthorized", "text": "Unauthorized"})
+            return json_response(401, {"code": "unauthorized", "text": "Unauthorized"})
         query = dict(request.args.items())
         with self._lock:
             self.lookups.append(query)
@@ -139,17 +111,11 @@ class FakeSinch:
             "batches": found[:page_size],
         }
         ListBatchesResponse.model_validate(answer)  # what the SDK reads back
-        return _json(200, answer)
+        return json_response(200, answer)
 
 
 def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
 
 
 def signed(

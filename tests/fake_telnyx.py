@@ -9,11 +9,8 @@ half, as Telnyx's portal does.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +20,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from tests.data import TELNYX_API_KEY
+from tests.fake_rest import ScriptedFake, json_response
 
 SIGNING_KEY = Ed25519PrivateKey.generate()
 PUBLIC_KEY = base64.b64encode(
@@ -52,48 +50,25 @@ class TelnyxPost:
         return self.headers.get("Idempotency-Key")
 
 
-TelnyxAnswer = Callable[[TelnyxPost], Response]
-
-
-class FakeTelnyx:
+class FakeTelnyx(ScriptedFake[TelnyxPost]):
     """``POST /v2/messages``: checks the API key, dedupes by Idempotency-Key."""
 
     path = "/v2/messages"
 
     def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.base_url = server.url_for("/").rstrip("/")
-        self.posts: list[TelnyxPost] = []
-        self.rejected: list[str] = []
+        super().__init__(server)
         self.messages: list[dict[str, Any]] = []
         """Every message Telnyx executed (one per Idempotency-Key)."""
-        self.script: list[TelnyxAnswer] = []
-        self.release = threading.Event()
-        self._slow: list[float] = []
         self._results: dict[str, tuple[bytes, dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        server.expect_request(self.path, method="POST").respond_with_handler(self.handle)
 
     def message_id(self, n: int) -> str:
         """The n-th message id the fake hands out (Telnyx's shape: a UUID)."""
         return f"40385f64-5717-4562-b3fc-{n:012x}"
 
-    def answer(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next POST with ``status`` and ``body`` (nothing is sent)."""
-        self.script.append(lambda post: _json(status, body, headers))
-
-    def slow(self, seconds: float, count: int = 1) -> None:
-        """Execute the next ``count`` unscripted POSTs at once, answer each ``seconds`` late."""
-        self._slow.extend([seconds] * count)
-
     def handle(self, request: Request) -> Response:
         if request.headers.get("Authorization") != f"Bearer {TELNYX_API_KEY}":
-            with self._lock:
-                self.rejected.append("unknown API key")
-            return _json(401, failure(10009, "Authentication failed"))
+            self.refuse("unknown API key")
+            return json_response(401, failure(10009, "Authentication failed"))
         post = TelnyxPost(request.get_data(), dict(request.headers.items()))
         with self._lock:
             self.posts.append(post)
@@ -104,8 +79,8 @@ class FakeTelnyx:
             seen = self._results.get(post.key or "")
             if seen is not None:
                 if seen[0] != post.body:
-                    return _json(422, failure(10015, "Idempotency key reused"))
-                return _json(200, seen[1])
+                    return json_response(422, failure(10015, "Idempotency key reused"))
+                return json_response(200, seen[1])
             message_id = self.message_id(next(self._ids))
             request_body = post.json
             answer = {
@@ -124,20 +99,13 @@ class FakeTelnyx:
             if post.key:
                 self._results[post.key] = (post.body, answer)
             late = self._slow.pop(0) if self._slow else 0.0
-        if late:
-            self.release.wait(late)
-        return _json(200, answer)
+        self.wait(late)
+        return json_response(200, answer)
 
 
 def failure(code: int, title: str) -> dict[str, Any]:
     """A Telnyx error body with one error ``code``."""
     return {"errors": [{"code": str(code), "title": title, "detail": "The request failed"}]}
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
 
 
 def signed(

@@ -8,12 +8,9 @@ application's key; the webhook signer mints the HS256 JWT Vonage puts on its cal
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +21,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from tests.data import SENSITIVE, VONAGE_APPLICATION_ID, VONAGE_SIGNATURE_SECRET
+from tests.fake_rest import ScriptedFake
 
 _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PRIVATE_KEY_PEM = _KEY.private_bytes(
@@ -45,60 +43,40 @@ class VonagePost:
     claims: dict[str, Any]
 
 
-VonageAnswer = Callable[[VonagePost], Response]
-
-
-class FakeVonage:
+class FakeVonage(ScriptedFake[VonagePost]):
     """``POST /v1/messages``: checks the JWT, answers from a script or takes the message."""
 
     path = "/v1/messages"
 
     def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self.base_url = server.url_for("/").rstrip("/")
-        self.posts: list[VonagePost] = []
-        self.rejected: list[str] = []
+        super().__init__(server)
         self.messages: list[dict[str, Any]] = []
         """Every message the fake took: what a status callback can then be about."""
-        self.script: list[VonageAnswer] = []
-        self.release = threading.Event()
-        self._slow: list[float] = []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        server.expect_request(self.path, method="POST").respond_with_handler(self.handle)
 
     def message_uuid(self, n: int) -> str:
         """The n-th message_uuid the fake hands out."""
         return f"aaaaaaaa-bbbb-4ccc-8ddd-{n:012x}"
 
-    def answer(
+    def respond(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next POST with ``status`` and ``body`` (nothing is sent)."""
-        self.script.append(lambda post: _json(status, body, headers))
-
-    def slow(self, seconds: float) -> None:
-        """Take the next unscripted POST's message at once but answer ``seconds`` late."""
-        self._slow.append(seconds)
+    ) -> Response:
+        """Vonage's JSON, errors as problem JSON."""
+        return _json(status, body, headers)
 
     def handle(self, request: Request) -> Response:
         claims, problems = _check_token(request.headers.get("Authorization", ""))
         if problems:
-            with self._lock:
-                self.rejected.extend(problems)
+            for problem in problems:
+                self.refuse(problem)
             return _json(401, error(1010, "Unauthorized", 401))
         post = VonagePost(json.loads(request.get_data()), dict(request.headers.items()), claims)
-        with self._lock:
-            self.posts.append(post)
-            scripted = self.script.pop(0) if self.script else None
-            late = 0.0 if scripted or not self._slow else self._slow.pop(0)
+        scripted, late = self.take(post)
         if scripted is not None:
             return scripted(post)
         with self._lock:
             message_uuid = self.message_uuid(next(self._ids))
             self.messages.append(post.json | {"message_uuid": message_uuid})
-        if late:
-            self.release.wait(late)
+        self.wait(late)
         return _json(202, {"message_uuid": message_uuid})
 
 

@@ -10,10 +10,10 @@ Sinch looking for the earlier batch before a new attempt) stays in that provider
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -29,6 +29,7 @@ from tests.data import (
     payload,
 )
 from tests.fake_plivo import PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN, FakePlivo
+from tests.fake_rest import ScriptedFake
 from tests.fake_sinch import FakeSinch
 from tests.fake_telnyx import PUBLIC_KEY as TELNYX_PUBLIC_KEY
 from tests.fake_telnyx import FakeTelnyx
@@ -36,29 +37,11 @@ from tests.fake_vonage import PRIVATE_KEY_PEM, FakeVonage
 from tests.test_twilio import assert_ok, assert_problem, closed_port, sent
 
 
-class Fake(Protocol):
-    """What every provider fake on 127.0.0.1 offers these tests."""
-
-    base_url: str
-    release: threading.Event
-
-    @property
-    def posts(self) -> Sequence[object]:
-        """Every send POST it received."""
-
-    @property
-    def rejected(self) -> Sequence[str]:
-        """Why it refused a request it should not have got (wrong credentials)."""
-
-    def slow(self, seconds: float) -> None:
-        """Hold the next POST this long (or until released) after taking it."""
-
-
 @dataclass(frozen=True)
 class Provider:
     """A provider's fake and how the app is set up to send through it."""
 
-    fake: Fake
+    fake: ScriptedFake[Any]
     settings: dict[str, str]
     base_url_setting: str
     message_id: Callable[[int], str]
