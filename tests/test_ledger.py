@@ -312,6 +312,39 @@ def test_store_survives_reopening(open_store: OpenStore) -> None:
     assert found.data == {"v": 1}
 
 
+def test_an_embedded_file_of_the_earlier_schema_keeps_working(tmp_path: Path) -> None:
+    # Files created before the table became WITHOUT ROWID keep their rowid table: every
+    # store operation must work on them as on a new file, records of before included.
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE records (key TEXT PRIMARY KEY, data TEXT NOT NULL, "
+            "version INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO records VALUES ('request:old', '{\"v\": 1}', 3)")
+    db.close()
+    old = EmbeddedStore(path)
+    found = old.get("request:old")
+    assert found is not None
+    assert (found.data, found.etag) == ({"v": 1}, "3")
+    old.replace("request:old", {"v": 2}, "3")
+    etags = old.transact([Write("insert", "due:k", {"i": 1}), Write("upsert", "done:k", {"m": 1})])
+    assert etags == ["1", "1"]
+    assert old.transact(
+        [Write("upsert", "done:k", {"m": 2}), Write("delete", "due:k", etag="1")]
+    ) == ["2", ""]
+    assert old.get("done:k") == Versioned({"m": 2}, "2")
+    assert old.get("due:k") is None
+    old.close()
+    new = EmbeddedStore(tmp_path / "new.sqlite3")
+    new.close()
+    for file, rowid in ((path, True), (tmp_path / "new.sqlite3", False)):
+        with sqlite3.connect(file) as db:
+            (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'records'").fetchone()
+        db.close()
+        assert ("WITHOUT ROWID" not in sql) is rowid
+
+
 def test_store_keeps_keys_of_any_character_and_length(store: RecordStore) -> None:
     keys = [
         "request:a/b\\c#d?e",  # the characters Table keys forbid

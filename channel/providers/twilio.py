@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -339,13 +340,17 @@ def _signature(key: bytes, data: str) -> str:
     return base64.b64encode(hmac.new(key, data.encode("utf-8"), hashlib.sha1).digest()).decode()
 
 
-def _port_variants(url: str) -> list[str]:
+def _port_variants(url: str) -> Iterator[str]:
+    """``url`` as called, then without its port, then with the default one.
+
+    Lazily: a genuine call matches the first, which needs no parsing.
+    """
+    yield url
     parts = urlsplit(url)
     host = parts.hostname or ""
-    bare = parts._replace(netloc=host).geturl()
+    yield parts._replace(netloc=host).geturl()
     default = 443 if parts.scheme == "https" else 80
-    with_port = parts._replace(netloc=f"{host}:{parts.port or default}").geturl()
-    return [url, bare, with_port]
+    yield parts._replace(netloc=f"{host}:{parts.port or default}").geturl()
 
 
 def webhooks(own: TwilioSettings, settings: Settings) -> TwilioWebhooks:
