@@ -13,7 +13,7 @@ import pytest
 from channel.budget import Budget
 from channel.drafts import Notification, Reply
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS, Outbox, retry_delay
+from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS, Marker, Outbox, retry_delay
 from channel.ledger.retention import MARKER_RETENTION_DAYS, sweep
 from channel.ledger.store import Record, RecordStore, Versioned, Write, encode_record
 from channel.ledger.table import TableStore
@@ -72,9 +72,9 @@ def test_first_put_leases_and_a_duplicate_gets_nothing(outbox: Outbox) -> None:
     assert outbox.put("notification:r-1", NOTIFICATION) is None
     assert outbox.claim("notification:r-1", force=True) is None
     kept = outbox.get("notification:r-1")
-    assert kept is not None
-    assert kept["state"] == "forwarded"
-    assert kept["payload"] == NOTIFICATION.to_payload()
+    assert isinstance(kept, Marker)
+    assert kept.state == "forwarded"
+    assert kept.payload == NOTIFICATION.to_payload()
 
 
 def test_forwarded_items_leave_the_outbox(outbox: Outbox, store: EmbeddedStore) -> None:
@@ -155,8 +155,8 @@ def test_inbound_markers_keep_no_text_and_no_customer_number(outbox: Outbox) -> 
     assert lease is not None
     outbox.forwarded(lease)
     kept = outbox.get("inbound:twilio:SM1")
-    assert kept is not None
-    assert kept["payload"] == {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER}
+    assert isinstance(kept, Marker)
+    assert kept.payload == {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER}
 
 
 # --- a call that may have reached Dataverse ------------------------------------------------

@@ -164,6 +164,39 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class Marker:
+    """An item's marker (``done:<key>``, or the previous version's ``forwarded:<key>``), typed."""
+
+    state: MarkerState
+    kind: str
+    """``notification`` or ``inbound``, as its item's."""
+    created_at: float
+    """When its item was kept."""
+    forwarded_at: float | None = None
+    """When Dataverse took the item; None while it is kept."""
+    payload: Record | None = None
+    """What was forwarded, by the contract's names, minus a reply's text and its sender."""
+
+    @classmethod
+    def from_row(cls, row: Record) -> Marker:
+        """The marker a store holds as ``row``."""
+        return cls(
+            state=MarkerState(row["state"]),
+            kind=row["kind"],
+            created_at=row["created_at"],
+            forwarded_at=row.get("forwarded_at"),
+            payload=row.get("payload"),
+        )
+
+    def to_row(self) -> Record:
+        """The marker as a store keeps it (a kept one without what only forwarding adds)."""
+        row: Record = {"state": self.state, "kind": self.kind, "created_at": self.created_at}
+        if self.state == MarkerState.FORWARDED:
+            row |= {"forwarded_at": self.forwarded_at, "payload": self.payload}
+        return row
+
+
+@dataclass(frozen=True)
 class Lease:
     """The right to forward one item now; ``etag`` guards the follow-up write."""
 
@@ -258,10 +291,13 @@ class Outbox:
         item = OutboxItem.leased_anew(payload, now=now, lease_seconds=self.lease_seconds)
         # The marker, written with the item, is what blocks every later put for the key,
         # long after the item has gone: no read is needed to tell a first put.
-        marker: Record = {"state": MarkerState.KEPT, "kind": payload.kind, "created_at": now}
+        marker = Marker(MarkerState.KEPT, payload.kind, created_at=now)
         try:
             _, etag = self.store.transact(
-                [Write("insert", _marker(key), marker), Write("insert", _item(key), item.to_row())]
+                [
+                    Write("insert", _marker(key), marker.to_row()),
+                    Write("insert", _item(key), item.to_row()),
+                ]
             )
         except AlreadyExists:  # kept earlier (a retry may forward it now) or forwarded
             found = self.store.get(_item(key))
@@ -329,15 +365,15 @@ class Outbox:
     @operation
     def forwarded(self, lease: Lease) -> None:
         """Dataverse took the item: mark it forwarded and take it out of the outbox, at once."""
-        marker = {
-            "state": MarkerState.FORWARDED,
-            "kind": lease.kind,
-            "created_at": lease.item.created_at,
-            "forwarded_at": self.clock(),
+        marker = Marker(
+            MarkerState.FORWARDED,
+            lease.kind,
+            created_at=lease.item.created_at,
+            forwarded_at=self.clock(),
             # What was reported, minus a reply's text and its sender (the customer): the
             # marker outlives the content by far (see retention), so it keeps no personal data.
-            "payload": lease.payload.to_marker(),
-        }
+            payload=lease.payload.to_marker(),
+        ).to_row()
         if lease.legacy:
             with contextlib.suppress(AlreadyExists):
                 self.store.insert(_legacy_marker(lease.key), marker)
@@ -466,17 +502,19 @@ class Outbox:
         return Survey([entry for _, _, entry in due[:limit]], stats)
 
     @operation
-    def get(self, key: str) -> Record | None:
-        """The item as stored (state pending or dead), or its marker (state forwarded)."""
-        marker = self.store.get(_marker(key))
-        if marker is not None and marker.data["state"] == MarkerState.FORWARDED:
-            return marker.data
-        found = (
-            self.store.get(_item(key))
-            or self.store.get(_legacy_marker(key))
-            or self.store.get(_legacy_item(key))
-        )
-        return None if found is None else found.data
+    def get(self, key: str) -> OutboxItem | Marker | None:
+        """The item (state pending or dead), or its marker once forwarded; for inspection."""
+        found = self.store.get(_marker(key))
+        if found is not None and found.data["state"] == MarkerState.FORWARDED:
+            return Marker.from_row(found.data)
+        found = self.store.get(_item(key))
+        if found is not None:
+            return OutboxItem.from_row(found.data)
+        found = self.store.get(_legacy_marker(key))
+        if found is not None:
+            return Marker.from_row(found.data)
+        found = self.store.get(_legacy_item(key))
+        return None if found is None else OutboxItem.from_row(found.data)
 
     def _remove(self, address: str) -> None:
         """Remove the record at ``address``, whatever its version."""
