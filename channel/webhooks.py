@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from channel import telemetry
 from channel.budget import Budget
 from channel.config import Settings
 from channel.contracts import DeliveryNotification, InboundMessage
 from channel.dataverse import Dataverse
+from channel.drafts import Notification, Reply
 from channel.errors import (
     ChannelError,
     DataverseUnavailable,
@@ -105,22 +106,22 @@ class WebhookService:
         """
         calling = False  # whether the action call (not WhoAmI) may have gone out
         try:
-            if lease.kind == "inbound" and lease.payload.get("ChannelDefinitionId") is None:
-                lease = self._addressed(lease)
+            if isinstance(lease.payload, Reply) and lease.payload.channel_definition_id is None:
+                lease = self._addressed(lease, lease.payload)
             organization = self.dataverse.organization_id(budget)
-            payload: dict[str, Any] = lease.payload | {"OrganizationId": organization}
             if lease.possible_duplicate:
                 log.warning(
                     "%s forwarded again: an earlier call's answer was lost and Dataverse "
                     "may have acted on it, so this may be a duplicate",
                     lease.key,
                 )
-            if lease.kind == "notification":
-                notification = DeliveryNotification.model_validate(payload)
+            draft = lease.payload
+            if isinstance(draft, Notification):
+                notification = _notification(draft, organization)
                 calling = True
                 self.dataverse.notify(notification, budget)
             else:
-                message = InboundMessage.model_validate(payload)
+                message = _inbound_message(draft, organization)
                 calling = True
                 self.dataverse.deliver_inbound(message, budget)
         except ChannelDefinitionUnknown:
@@ -245,14 +246,13 @@ class WebhookService:
             return
         lease = self.outbox.put(
             f"notification:{rid}",
-            "notification",
-            {
-                "ChannelDefinitionId": request.channel_definition_id,
-                "RequestId": rid,
-                "MessageId": report.message_id,
-                "From": request.sender,
-                "Status": report.state.value,
-            },
+            Notification(
+                channel_definition_id=request.channel_definition_id,
+                request_id=rid,
+                message_id=report.message_id,
+                sender=request.sender,
+                status=report.state.value,
+            ),
             legacy=request.may_have_legacy_records,
         )
         if lease is None:
@@ -261,7 +261,9 @@ class WebhookService:
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "repeated"})
             return
-        log.info("request %s: %s", rid, lease.payload["Status"])
+        kept = lease.payload  # the status kept first, which a later report does not change
+        assert isinstance(kept, Notification)  # noqa: S101 - a notification key keeps one
+        log.info("request %s: %s", rid, kept.status)
         telemetry.note({telemetry.REPORT_OUTCOME: "kept"})  # until Dataverse takes it
         self.forward(lease, budget)
         telemetry.note({telemetry.REPORT_OUTCOME: "forwarded"})
@@ -286,17 +288,17 @@ class WebhookService:
     def _receive(self, provider: str, sms: ReceivedSms, budget: Budget) -> None:
         # Kept even when no channel definition is known yet (ChannelDefinitionId null,
         # To our number in E.164): forward() addresses it once one is.
-        payload = self._address(
+        reply = self._address(
             provider,
-            {
-                "ChannelDefinitionId": None,
-                "To": sms.our_number,
-                "From": sms.customer,
-                "Message": {self.settings.message_part: sms.text},
-            },
+            Reply(
+                channel_definition_id=None,
+                our_number=sms.our_number,
+                customer=sms.customer,
+                message={self.settings.message_part: sms.text},
+            ),
         )
         # The key names the provider: forward() addresses a kept reply by it later.
-        lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", "inbound", payload)
+        lease = self.outbox.put(f"inbound:{provider}:{sms.message_id}", reply)
         if lease is None:
             log.info("inbound %s again, acknowledged (already handled)", sms.message_id)
             telemetry.note({telemetry.REPLY_OUTCOME: "repeated"})
@@ -306,31 +308,28 @@ class WebhookService:
         self.forward(lease, budget)
         telemetry.note({telemetry.REPLY_OUTCOME: "forwarded"})
 
-    def _address(self, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The reply's payload with its channel definition and our number's Dataverse form.
+    def _address(self, provider: str, reply: Reply) -> Reply:
+        """The reply with its channel definition and our number's Dataverse form.
 
         Both are learned from outbound sends from that number through ``provider`` (the
         one the reply came through), else the definition is the one CHANNEL_ROUTES
         routes to that provider or CHANNEL_DEFINITION_ID (Routes.reply_definition) and
         the number stays E.164; None stays when neither is known.
         """
-        learned = self.ledger.sender(payload["To"], provider)
+        learned = self.ledger.sender(reply.our_number, provider)
         if learned is not None:
-            return payload | {
-                "ChannelDefinitionId": learned.channel_definition_id,
-                "To": learned.sender,
-            }
+            return reply.addressed(learned.channel_definition_id, learned.sender)
         definition = self.settings.routes.reply_definition(provider, self.settings.definition_id)
-        return payload | {"ChannelDefinitionId": definition}
+        return reply.addressed(definition, reply.our_number)
 
-    def _addressed(self, lease: Lease) -> Lease:
-        """``lease`` with its reply addressed now, or ChannelDefinitionUnknown (kept)."""
+    def _addressed(self, lease: Lease, reply: Reply) -> Lease:
+        """``lease`` (of ``reply``) addressed now, or ChannelDefinitionUnknown (kept)."""
         provider = lease.key.split(":")[1]  # inbound:{provider}:{message id}, see _receive
-        payload = self._address(provider, lease.payload)
-        if payload["ChannelDefinitionId"] is not None:
-            return lease.with_payload(payload)
+        addressed = self._address(provider, reply)
+        if addressed.channel_definition_id is not None:
+            return lease.with_payload(addressed)
         problem = (
-            f"a reply to {mask(payload['To'])} has no channel definition: it is kept and "
+            f"a reply to {mask(addressed.our_number)} has no channel definition: it is kept and "
             "forwarded once CHANNEL_DEFINITION_ID (or a CHANNEL_ROUTES route to its provider) is "
             "set or that number has sent a message"
         )
@@ -349,3 +348,16 @@ class WebhookService:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+
+def _notification(draft: Notification, organization: str) -> DeliveryNotification:
+    """The contract Dataverse is notified with: ``draft`` of ``organization``, validated."""
+    # Validated from the stored fields, so a status the contract does not know is refused.
+    return DeliveryNotification.model_validate(
+        draft.to_payload() | {"OrganizationId": organization}
+    )
+
+
+def _inbound_message(draft: Reply, organization: str) -> InboundMessage:
+    """The contract a reply is delivered with: ``draft`` of ``organization``, validated."""
+    return InboundMessage.model_validate(draft.to_payload() | {"OrganizationId": organization})

@@ -59,6 +59,7 @@ NOT_ON_THE_OUTBOUND_PATH = (
     "channel.webhooks",
     "channel.dataverse",
     "channel.ledger.outbox",
+    "channel.drafts",
     "channel.providers.eventgrid",
     *(f"channel.providers.{other}" for other in PROVIDER_IDS if other != "twilio"),
 )

@@ -35,7 +35,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from channel.budget import Budget
-from channel.ledger.outbox import MAX_BACKOFF_SECONDS, MAX_FORWARD_ATTEMPTS
+from channel.ledger.outbox import MAX_BACKOFF_SECONDS, MAX_FORWARD_ATTEMPTS, OutboxItem
 from channel.ledger.retention import MARKER_RETENTION_DAYS
 from channel.ledger.store import RecordStore
 from channel.ledger.table import TableStore
@@ -478,8 +478,8 @@ def test_an_item_dataverse_keeps_refusing_is_dead_after_max_attempts(
     assert (shown["pending"], shown["dead"]) == (0, 1)
     assert shown["oldestDeadSeconds"] > (MAX_FORWARD_ATTEMPTS - 1) * AFTER_ANY_BACKOFF
     kept = get_runtime().outbox.get(f"notification:{refused.rid}")
-    assert kept is not None
-    assert (kept["state"], kept["attempts"]) == ("dead", MAX_FORWARD_ATTEMPTS)
+    assert isinstance(kept, OutboxItem)
+    assert (kept.state, kept.attempts) == ("dead", MAX_FORWARD_ATTEMPTS)
     (dead,) = [
         r for r in caplog.records if r.levelno == logging.ERROR and "is dead" in r.getMessage()
     ]

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from channel.budget import Budget
+from channel.drafts import Notification, Reply
 from channel.ledger.embedded import EmbeddedStore
-from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS, Outbox, retry_delay
+from channel.ledger.outbox import MAX_FORWARD_ATTEMPTS, Marker, Outbox, retry_delay
 from channel.ledger.retention import MARKER_RETENTION_DAYS, sweep
-from channel.ledger.store import Record, RecordStore, Versioned, Write
+from channel.ledger.store import Record, RecordStore, Versioned, Write, encode_record
 from channel.ledger.table import TableStore
 from tests.azurite import Azurite
 from tests.data import DEFINITION_ID, RECIPIENT, SENDER
 
-PAYLOAD = {
-    "ChannelDefinitionId": DEFINITION_ID,
-    "RequestId": "r-1",
-    "MessageId": "SM1",
-    "From": SENDER,
-    "Status": "Delivered",
-}
+NOTIFICATION = Notification(
+    channel_definition_id=DEFINITION_ID,
+    request_id="r-1",
+    message_id="SM1",
+    sender=SENDER,
+    status="Delivered",
+)
+REPLY = Reply(
+    channel_definition_id=DEFINITION_ID,
+    our_number=SENDER,
+    customer=RECIPIENT,
+    message={"text": "hi"},
+)
 DAY = 86400.0
 
 
@@ -55,21 +64,21 @@ def outbox(store: EmbeddedStore, clock: Clock) -> Outbox:
 
 
 def test_first_put_leases_and_a_duplicate_gets_nothing(outbox: Outbox) -> None:
-    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    lease = outbox.put("notification:r-1", NOTIFICATION)
     assert lease is not None
-    assert lease.payload == PAYLOAD
-    assert outbox.put("notification:r-1", "notification", PAYLOAD | {"Status": "x"}) is None
+    assert lease.payload == NOTIFICATION
+    assert outbox.put("notification:r-1", replace(NOTIFICATION, status="x")) is None
     outbox.forwarded(lease)
-    assert outbox.put("notification:r-1", "notification", PAYLOAD) is None
+    assert outbox.put("notification:r-1", NOTIFICATION) is None
     assert outbox.claim("notification:r-1", force=True) is None
     kept = outbox.get("notification:r-1")
-    assert kept is not None
-    assert kept["state"] == "forwarded"
-    assert kept["payload"] == PAYLOAD
+    assert isinstance(kept, Marker)
+    assert kept.state == "forwarded"
+    assert kept.payload == NOTIFICATION.to_payload()
 
 
 def test_forwarded_items_leave_the_outbox(outbox: Outbox, store: EmbeddedStore) -> None:
-    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    lease = outbox.put("notification:r-1", NOTIFICATION)
     assert lease is not None
     outbox.forwarded(lease)
     assert [key for key, _ in store.scan("due")] == []
@@ -77,16 +86,16 @@ def test_forwarded_items_leave_the_outbox(outbox: Outbox, store: EmbeddedStore) 
 
 
 def test_the_first_payload_stands(outbox: Outbox) -> None:
-    first = outbox.put("notification:r-1", "notification", PAYLOAD)
+    first = outbox.put("notification:r-1", NOTIFICATION)
     assert first is not None
     outbox.failed(first, "down", retry_after=1)
-    again = outbox.put("notification:r-1", "notification", PAYLOAD | {"Status": "NotDelivered"})
+    again = outbox.put("notification:r-1", replace(NOTIFICATION, status="NotDelivered"))
     assert again is not None  # the retry may forward it, but with what was kept first
-    assert again.payload["Status"] == "Delivered"
+    assert again.payload == NOTIFICATION
 
 
 def test_a_failed_item_waits_for_its_backoff_unless_forced(outbox: Outbox, clock: Clock) -> None:
-    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    lease = outbox.put("notification:r-1", NOTIFICATION)
     assert lease is not None
     item = outbox.failed(lease, "Dataverse answered 503", retry_after=5)
     assert item.state == "pending"
@@ -103,7 +112,7 @@ def test_a_failed_item_waits_for_its_backoff_unless_forced(outbox: Outbox, clock
 def test_a_lease_expires_so_a_dead_process_does_not_strand_an_item(
     outbox: Outbox, clock: Clock
 ) -> None:
-    assert outbox.put("inbound:twilio:SM1", "inbound", {"x": 1}) is not None
+    assert outbox.put("inbound:twilio:SM1", REPLY) is not None
     assert outbox.claim("inbound:twilio:SM1", force=True) is None
     clock.now += 31
     assert outbox.due(10) == ["inbound:twilio:SM1"]
@@ -118,7 +127,7 @@ def test_backoff_doubles_to_an_hour_and_honours_retry_after() -> None:
 def test_an_item_that_keeps_failing_is_dead_and_counted(outbox: Outbox, clock: Clock) -> None:
     for attempt in range(1, MAX_FORWARD_ATTEMPTS + 1):
         lease = outbox.claim("notification:r-1", force=True) or outbox.put(
-            "notification:r-1", "notification", PAYLOAD
+            "notification:r-1", NOTIFICATION
         )
         assert lease is not None, attempt
         item = outbox.failed(lease, "403 missing privilege", retry_after=1)
@@ -133,7 +142,7 @@ def test_an_item_that_keeps_failing_is_dead_and_counted(outbox: Outbox, clock: C
 
 def test_due_is_oldest_first_and_bounded(outbox: Outbox, clock: Clock) -> None:
     for index in range(5):
-        lease = outbox.put(f"inbound:twilio:SM{index}", "inbound", {"i": index})
+        lease = outbox.put(f"inbound:twilio:SM{index}", REPLY)
         assert lease is not None
         outbox.failed(lease, "down", retry_after=0)
         clock.now += 1
@@ -142,13 +151,12 @@ def test_due_is_oldest_first_and_bounded(outbox: Outbox, clock: Clock) -> None:
 
 
 def test_inbound_markers_keep_no_text_and_no_customer_number(outbox: Outbox) -> None:
-    reply = {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER, "From": RECIPIENT}
-    lease = outbox.put("inbound:twilio:SM1", "inbound", reply | {"Message": {"text": "hi"}})
+    lease = outbox.put("inbound:twilio:SM1", REPLY)
     assert lease is not None
     outbox.forwarded(lease)
     kept = outbox.get("inbound:twilio:SM1")
-    assert kept is not None
-    assert kept["payload"] == {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER}
+    assert isinstance(kept, Marker)
+    assert kept.payload == {"ChannelDefinitionId": DEFINITION_ID, "To": SENDER}
 
 
 # --- a call that may have reached Dataverse ------------------------------------------------
@@ -158,7 +166,7 @@ def test_a_lease_that_ran_out_mid_call_leaves_the_item_to_the_timer_as_a_possibl
     outbox: Outbox, clock: Clock
 ) -> None:
     """The process died (or gave up) with its call in flight: nobody wrote an outcome."""
-    first = outbox.put("notification:r-1", "notification", PAYLOAD)
+    first = outbox.put("notification:r-1", NOTIFICATION)
     assert first is not None
     assert not first.possible_duplicate
     clock.now += 31  # the lease ran out
@@ -172,7 +180,7 @@ def test_a_lease_that_ran_out_mid_call_leaves_the_item_to_the_timer_as_a_possibl
 def test_a_lost_answer_waits_for_a_timer_run_and_stays_in_doubt(
     outbox: Outbox, clock: Clock
 ) -> None:
-    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    lease = outbox.put("notification:r-1", NOTIFICATION)
     assert lease is not None
     item = outbox.failed(lease, "read timeout", retry_after=1, maybe_received=True)
     assert (item.in_doubt, item.call_at) == (True, None)
@@ -190,7 +198,7 @@ def test_a_lost_answer_waits_for_a_timer_run_and_stays_in_doubt(
 def test_a_refusal_before_acting_is_retried_at_once_and_not_in_doubt(
     outbox: Outbox, clock: Clock
 ) -> None:
-    lease = outbox.put("notification:r-1", "notification", PAYLOAD)
+    lease = outbox.put("notification:r-1", NOTIFICATION)
     assert lease is not None
     outbox.failed(lease, "Dataverse answered 503", retry_after=1)
     again = outbox.claim("notification:r-1", force=True)  # a provider's retry
@@ -200,7 +208,7 @@ def test_a_refusal_before_acting_is_retried_at_once_and_not_in_doubt(
 
 
 def test_an_item_waiting_for_an_operator_counts_no_attempt(outbox: Outbox, clock: Clock) -> None:
-    lease = outbox.put("inbound:twilio:SM1", "inbound", {"ChannelDefinitionId": None})
+    lease = outbox.put("inbound:twilio:SM1", replace(REPLY, channel_definition_id=None))
     assert lease is not None
     for _ in range(MAX_FORWARD_ATTEMPTS + 1):
         item = outbox.waiting(lease, "channel definition")
@@ -221,13 +229,13 @@ def test_an_item_waiting_for_an_operator_counts_no_attempt(outbox: Outbox, clock
 def test_retention_removes_old_records_keeps_young_ones_and_markers_for_a_year(
     outbox: Outbox, store: EmbeddedStore, clock: Clock
 ) -> None:
-    old = outbox.put("notification:old", "notification", PAYLOAD)
+    old = outbox.put("notification:old", NOTIFICATION)
     assert old is not None
     outbox.forwarded(old)
     store.insert("request:old", {"created_at": clock.now})
     store.insert("sender:+12065550100", {"from": SENDER})
     clock.now += 40 * DAY
-    young = outbox.put("notification:young", "notification", PAYLOAD)
+    young = outbox.put("notification:young", NOTIFICATION)
     assert young is not None
     outbox.forwarded(young)
     store.insert("request:young", {"created_at": clock.now})
@@ -337,3 +345,146 @@ def test_retention_with_no_time_left_reads_nothing(any_store: RecordStore) -> No
     swept = sweep(store, now=NOW, retention_days=30, limit=LIMIT, budget=Budget(0))
     assert (swept.scanned, swept.removed, store.read) == (0, 0, 0)
     assert store.get("request:old") is not None
+
+
+# --- the stored shape: what the previous version wrote, byte for byte -----------------------
+
+NOTIFICATION_DUE = (
+    '{"kind":"notification","payload":{"ChannelDefinitionId":"b1b25a46-6da0-4c08-9cf3-505e613c8e30",'
+    '"RequestId":"r-1","MessageId":"SM1","From":"12065550100","Status":"Delivered"},'
+    '"state":"pending","attempts":0,"created_at":2000000.0,"next_at":2000000.0,'
+    '"leased_until":2000030.0,"call_at":2000000.0,"in_doubt":false}'
+)
+REPLY_DUE = (
+    '{"kind":"inbound","payload":{"ChannelDefinitionId":null,"To":"+12065550100",'
+    '"From":"+14255550199","Message":{"text":"h\\u00e9 \\ud83d\\ude00"}},'
+    '"state":"pending","attempts":0,"created_at":2000000.0,"next_at":2000000.0,'
+    '"leased_until":2000030.0,"call_at":2000000.0,"in_doubt":false}'
+)
+NOTIFICATION_KEPT = '{"state":"kept","kind":"notification","created_at":2000000.0}'
+REPLY_KEPT = '{"state":"kept","kind":"inbound","created_at":2000000.0}'
+NOTIFICATION_FAILED = (
+    '{"kind":"notification","payload":{"ChannelDefinitionId":"b1b25a46-6da0-4c08-9cf3-505e613c8e30",'
+    '"RequestId":"r-1","MessageId":"SM1","From":"12065550100","Status":"Delivered"},'
+    '"state":"pending","attempts":1,"created_at":2000000.0,"next_at":2000061.0,'
+    '"leased_until":0.0,"call_at":null,"in_doubt":true,"last_error":"Dataverse answered 503",'
+    '"waiting_for":null}'
+)
+REPLY_FAILED = (
+    '{"kind":"inbound","payload":{"ChannelDefinitionId":"b1b25a46-6da0-4c08-9cf3-505e613c8e30",'
+    '"To":"12065550100","From":"+14255550199","Message":{"text":"h\\u00e9 \\ud83d\\ude00"}},'
+    '"state":"pending","attempts":1,"created_at":2000000.0,"next_at":2000061.0,'
+    '"leased_until":0.0,"call_at":null,"in_doubt":false,"last_error":"Dataverse answered 503",'
+    '"waiting_for":null}'
+)
+NOTIFICATION_FORWARDED = (
+    '{"state":"forwarded","kind":"notification","created_at":2000000.0,"forwarded_at":2000062.0,'
+    '"payload":{"ChannelDefinitionId":"b1b25a46-6da0-4c08-9cf3-505e613c8e30","RequestId":"r-1",'
+    '"MessageId":"SM1","From":"12065550100","Status":"Delivered"}}'
+)
+REPLY_FORWARDED = (
+    '{"state":"forwarded","kind":"inbound","created_at":2000000.0,"forwarded_at":2000062.0,'
+    '"payload":{"ChannelDefinitionId":"b1b25a46-6da0-4c08-9cf3-505e613c8e30","To":"12065550100"}}'
+)
+"""The records the previous version (untyped payloads, main at 69959a4) wrote for a
+notification and a reply: put, then failed (the reply addressed meanwhile), then forwarded,
+at the times below. Captured by running that version; the text is what a store keeps."""
+
+UNADDRESSED = Reply(
+    channel_definition_id=None,
+    our_number="+12065550100",
+    customer=RECIPIENT,
+    message={"text": "h\u00e9 \U0001f600"},
+)
+
+
+def stored(store: RecordStore) -> dict[str, str]:
+    """Every outbox record by key, as the JSON text the store keeps.
+
+    Both stores keep ``encode_record``'s text and read it back with ``json.loads``, which
+    keeps the order of fields, so encoding what is read gives the stored text again.
+    """
+    return {
+        key: encode_record(key, found.data)
+        for kind in ("due", "done")
+        for key, found in store.scan(kind)
+    }
+
+
+def test_items_and_markers_keep_the_previous_versions_shape_byte_for_byte(
+    any_store: RecordStore,
+) -> None:
+    clock = Clock()
+    outbox = Outbox(any_store, lease_seconds=30, clock=clock)
+    notification = outbox.put("notification:r-1", NOTIFICATION, legacy=False)
+    reply = outbox.put("inbound:twilio:SM2", UNADDRESSED, legacy=False)
+    assert notification is not None
+    assert reply is not None
+    assert stored(any_store) == {
+        "due:notification:r-1": NOTIFICATION_DUE,
+        "due:inbound:twilio:SM2": REPLY_DUE,
+        "done:notification:r-1": NOTIFICATION_KEPT,
+        "done:inbound:twilio:SM2": REPLY_KEPT,
+    }
+
+    clock.now += 1
+    # Addressed when forwarding (as WebhookService does), then Dataverse refused.
+    addressed = reply.with_payload(UNADDRESSED.addressed(DEFINITION_ID, SENDER))
+    outbox.failed(addressed, "Dataverse answered 503", retry_after=0)
+    outbox.failed(notification, "Dataverse answered 503", retry_after=0, maybe_received=True)
+    assert stored(any_store) == {
+        "due:notification:r-1": NOTIFICATION_FAILED,
+        "due:inbound:twilio:SM2": REPLY_FAILED,
+        "done:notification:r-1": NOTIFICATION_KEPT,
+        "done:inbound:twilio:SM2": REPLY_KEPT,
+    }
+
+    clock.now += 61
+    for key in ("notification:r-1", "inbound:twilio:SM2"):
+        lease = outbox.claim(key)
+        assert lease is not None, key
+        outbox.forwarded(lease)
+    assert stored(any_store) == {
+        "done:notification:r-1": NOTIFICATION_FORWARDED,
+        "done:inbound:twilio:SM2": REPLY_FORWARDED,
+    }
+
+
+@pytest.mark.parametrize("stage", ["put", "failed"])
+def test_items_the_previous_version_kept_are_read_and_forwarded_as_it_would(
+    any_store: RecordStore, stage: str
+) -> None:
+    """An upgrade finds items the previous version wrote (a call in flight, or refused):
+    they read as typed drafts, are forwarded once, and leave the markers it would have."""
+    texts = {
+        "put": (NOTIFICATION_DUE, REPLY_DUE),
+        "failed": (NOTIFICATION_FAILED, REPLY_FAILED),
+    }[stage]
+    records = {
+        "due:notification:r-1": texts[0],
+        "done:notification:r-1": NOTIFICATION_KEPT,
+        "due:inbound:twilio:SM2": texts[1],
+        "done:inbound:twilio:SM2": REPLY_KEPT,
+    }
+    any_store.transact([Write("insert", key, json.loads(text)) for key, text in records.items()])
+    clock = Clock()
+    clock.now += 62
+    outbox = Outbox(any_store, lease_seconds=30, clock=clock)
+    assert outbox.put("notification:r-1", NOTIFICATION, legacy=False) is None  # kept: no retry
+    survey = outbox.survey(10)
+    assert [due.key for due in survey.due] == ["inbound:twilio:SM2", "notification:r-1"]
+    assert survey.stats.in_doubt == 2 if stage == "put" else 1
+    leases = [outbox.claim_due(due) for due in survey.due]
+    reply, notification = leases
+    assert notification is not None
+    assert reply is not None
+    assert notification.payload == NOTIFICATION
+    # Addressed once by the previous version when it failed; not yet when it was put.
+    expected = UNADDRESSED.addressed(DEFINITION_ID, SENDER) if stage == "failed" else UNADDRESSED
+    assert reply.payload == expected
+    outbox.forwarded(notification)
+    outbox.forwarded(reply.with_payload(UNADDRESSED.addressed(DEFINITION_ID, SENDER)))
+    assert stored(any_store) == {
+        "done:notification:r-1": NOTIFICATION_FORWARDED,
+        "done:inbound:twilio:SM2": REPLY_FORWARDED,
+    }

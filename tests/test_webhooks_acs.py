@@ -527,7 +527,7 @@ def test_dataverse_failing_answers_5xx_never_4xx_and_a_redelivery_notifies_once(
     assert int(response.headers["Retry-After"]) >= 1
     kept = get_runtime().outbox.get(f"notification:{RID}")
     assert kept is not None
-    assert kept["state"] == "pending"
+    assert kept.state == "pending"
 
     wired.script.clear()  # Dataverse is back; Event Grid redelivers
     assert_acknowledged(hook(call, "delivery_report", sample("eventgrid-sms-delivery-report.json")))

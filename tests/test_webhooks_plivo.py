@@ -703,7 +703,7 @@ def test_dataverse_down_keeps_the_status_and_a_redelivery_notifies_once(
     assert 500 <= response.status_code < 600  # Plivo retries a non-2xx answer
     kept = get_runtime().outbox.get(f"notification:{RID}")
     assert kept is not None
-    assert kept["state"] == "pending"
+    assert kept.state == "pending"
     wired.script.clear()
     assert_acknowledged(v3_status(call, message_id, "delivered"))
     assert wired.calls == [notification(message_id, "Delivered")]

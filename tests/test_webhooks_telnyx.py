@@ -388,7 +388,7 @@ def test_dataverse_down_keeps_the_status_and_a_redelivery_notifies_once(
     assert 500 <= response.status_code < 600
     kept = get_runtime().outbox.get(f"notification:{RID}")
     assert kept is not None
-    assert kept["state"] == "pending"
+    assert kept.state == "pending"
     wired.script.clear()
     assert hook(call, "delivery_report", event(message_id, "delivered")).status_code == 200
     assert wired.calls == [notification(message_id, "Delivered")]

@@ -28,6 +28,8 @@ from twilio.request_validator import RequestValidator
 from werkzeug import Response
 from werkzeug.datastructures import MultiDict
 
+from channel.drafts import Notification
+from channel.ledger.outbox import Marker, OutboxItem
 from channel.providers.twilio import TwilioWebhooks
 from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
@@ -429,9 +431,10 @@ def test_concurrent_final_callbacks_of_one_message_notify_once(
         (sent,) = [p for p in wired.payloads(NOTIFY) if p["RequestId"] == message.rid]
         # Whichever arrived first stands, and it is what the outbox kept.
         kept = get_runtime().outbox.get(f"notification:{message.rid}")
-        assert kept is not None
-        assert sent == notification(message, kept["payload"]["Status"])
-        assert kept["state"] == "forwarded"
+        assert isinstance(kept, Marker)
+        assert kept.state == "forwarded"
+        assert kept.payload is not None
+        assert sent == notification(message, kept.payload["Status"])
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -538,9 +541,10 @@ def test_dataverse_down_answers_5xx_keeps_the_report_and_a_retry_notifies_once(
     assert 2 <= 20 - len(wired.script) <= 5  # retried with backoff, within the budget
     assert wired.calls == []
     kept = get_runtime().outbox.get(f"notification:{sent.rid}")
-    assert kept is not None
-    assert kept["state"] == "pending"
-    assert kept["payload"]["Status"] == "Delivered"
+    assert isinstance(kept, OutboxItem)
+    assert kept.state == "pending"
+    assert isinstance(kept.payload, Notification)
+    assert kept.payload.status == "Delivered"
 
     wired.script.clear()  # Dataverse is back; Twilio retries the same callback
     assert_acknowledged(report(call, sent, "delivered"))
@@ -550,7 +554,7 @@ def test_dataverse_down_answers_5xx_keeps_the_report_and_a_retry_notifies_once(
     assert len(wired.calls) == 1
     kept = get_runtime().outbox.get(f"notification:{sent.rid}")
     assert kept is not None
-    assert kept["state"] == "forwarded"
+    assert kept.state == "forwarded"
 
 
 # --- 7. tokens -------------------------------------------------------------------------
@@ -616,8 +620,8 @@ def test_inbound_without_any_channel_definition_is_503_kept_and_no_call(
     assert "CHANNEL_DEFINITION_ID" in answer_json(response)["detail"]
     assert wired.calls == []
     kept = get_runtime().outbox.get(f"inbound:twilio:{INBOUND_SID}")
-    assert kept is not None
-    assert (kept["state"], kept["attempts"], kept["waiting_for"]) == (
+    assert isinstance(kept, OutboxItem)
+    assert (kept.state, kept.attempts, kept.waiting_for) == (
         "pending",
         0,
         "channel definition",

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from channel.drafts import Draft, draft_from
 from channel.ledger.store import (
     AlreadyExists,
     Record,
@@ -87,10 +88,8 @@ class OutboxItem:
     and anything this version does not know survives.
     """
 
-    kind: str
-    """``notification`` or ``inbound``."""
-    payload: dict[str, Any]
-    """The contract fields to send (OrganizationId is added when forwarding)."""
+    payload: Draft
+    """What to send (stored as the contract's fields; OrganizationId is added when forwarding)."""
     state: ItemState
     attempts: int
     created_at: float
@@ -110,8 +109,7 @@ class OutboxItem:
     def from_row(cls, row: Record) -> OutboxItem:
         """The item a store holds as ``row``."""
         return cls(
-            kind=row["kind"],
-            payload=row["payload"],
+            payload=draft_from(row["kind"], row["payload"]),
             state=ItemState(row["state"]),
             attempts=int(row["attempts"]),
             created_at=row["created_at"],
@@ -125,14 +123,12 @@ class OutboxItem:
         )
 
     @classmethod
-    def leased_anew(
-        cls, kind: str, payload: dict[str, Any], *, now: float, lease_seconds: float
-    ) -> OutboxItem:
+    def leased_anew(cls, payload: Draft, *, now: float, lease_seconds: float) -> OutboxItem:
         """A new item, leased at once to be forwarded."""
         return cls.from_row(
             {
-                "kind": kind,
-                "payload": payload,
+                "kind": payload.kind,
+                "payload": payload.to_payload(),
                 "state": ItemState.PENDING,
                 "attempts": 0,
                 "created_at": now,
@@ -149,8 +145,13 @@ class OutboxItem:
         return self.row
 
     def changed(self, **changes: Any) -> OutboxItem:
-        """The item with ``changes`` (by field name), written onto its stored row."""
+        """The item with ``changes`` (stored values by field name) written onto its row."""
         return OutboxItem.from_row(self.row | changes)
+
+    @property
+    def kind(self) -> str:
+        """``notification`` or ``inbound``, as stored: what its payload is."""
+        return self.payload.kind
 
     @property
     def maybe_received(self) -> bool:
@@ -160,6 +161,39 @@ class OutboxItem:
         died or gave up mid-call).
         """
         return self.in_doubt or self.call_at is not None
+
+
+@dataclass(frozen=True)
+class Marker:
+    """An item's marker (``done:<key>``, or the previous version's ``forwarded:<key>``), typed."""
+
+    state: MarkerState
+    kind: str
+    """``notification`` or ``inbound``, as its item's."""
+    created_at: float
+    """When its item was kept."""
+    forwarded_at: float | None = None
+    """When Dataverse took the item; None while it is kept."""
+    payload: Record | None = None
+    """What was forwarded, by the contract's names, minus a reply's text and its sender."""
+
+    @classmethod
+    def from_row(cls, row: Record) -> Marker:
+        """The marker a store holds as ``row``."""
+        return cls(
+            state=MarkerState(row["state"]),
+            kind=row["kind"],
+            created_at=row["created_at"],
+            forwarded_at=row.get("forwarded_at"),
+            payload=row.get("payload"),
+        )
+
+    def to_row(self) -> Record:
+        """The marker as a store keeps it (a kept one without what only forwarding adds)."""
+        row: Record = {"state": self.state, "kind": self.kind, "created_at": self.created_at}
+        if self.state == MarkerState.FORWARDED:
+            row |= {"forwarded_at": self.forwarded_at, "payload": self.payload}
+        return row
 
 
 @dataclass(frozen=True)
@@ -178,8 +212,8 @@ class Lease:
         return self.item.kind
 
     @property
-    def payload(self) -> dict[str, Any]:
-        """The contract fields to send (OrganizationId is added when forwarding)."""
+    def payload(self) -> Draft:
+        """What to send (OrganizationId is added when forwarding)."""
         return self.item.payload
 
     @property
@@ -187,12 +221,12 @@ class Lease:
         """An earlier call for this item may have reached Dataverse (its answer was lost)."""
         return self.item.in_doubt
 
-    def with_payload(self, payload: dict[str, Any]) -> Lease:
+    def with_payload(self, payload: Draft) -> Lease:
         """The same lease carrying ``payload`` (resolved when forwarding).
 
         Stored only should the lease end without forwarding (``failed``, ``waiting``).
         """
-        return replace(self, item=self.item.changed(payload=payload))
+        return replace(self, item=self.item.changed(payload=payload.to_payload()))
 
 
 @dataclass(frozen=True)
@@ -241,9 +275,7 @@ class Outbox:
         self.clock = clock
 
     @operation
-    def put(
-        self, key: str, kind: str, payload: dict[str, Any], *, legacy: bool = True
-    ) -> Lease | None:
+    def put(self, key: str, payload: Draft, *, legacy: bool = True) -> Lease | None:
         """Keep ``payload`` under ``key`` (first writer wins) and lease it for forwarding.
 
         Returns None when the item was forwarded already or another caller holds it.
@@ -256,13 +288,16 @@ class Outbox:
             if self.store.get(_legacy_item(key)) is not None:
                 return self.claim(key, force=True)
         now = self.clock()
-        item = OutboxItem.leased_anew(kind, payload, now=now, lease_seconds=self.lease_seconds)
+        item = OutboxItem.leased_anew(payload, now=now, lease_seconds=self.lease_seconds)
         # The marker, written with the item, is what blocks every later put for the key,
         # long after the item has gone: no read is needed to tell a first put.
-        marker: Record = {"state": MarkerState.KEPT, "kind": kind, "created_at": now}
+        marker = Marker(MarkerState.KEPT, payload.kind, created_at=now)
         try:
             _, etag = self.store.transact(
-                [Write("insert", _marker(key), marker), Write("insert", _item(key), item.to_row())]
+                [
+                    Write("insert", _marker(key), marker.to_row()),
+                    Write("insert", _item(key), item.to_row()),
+                ]
             )
         except AlreadyExists:  # kept earlier (a retry may forward it now) or forwarded
             found = self.store.get(_item(key))
@@ -330,19 +365,15 @@ class Outbox:
     @operation
     def forwarded(self, lease: Lease) -> None:
         """Dataverse took the item: mark it forwarded and take it out of the outbox, at once."""
-        marker = {
-            "state": MarkerState.FORWARDED,
-            "kind": lease.kind,
-            "created_at": lease.item.created_at,
-            "forwarded_at": self.clock(),
+        marker = Marker(
+            MarkerState.FORWARDED,
+            lease.kind,
+            created_at=lease.item.created_at,
+            forwarded_at=self.clock(),
             # What was reported, minus a reply's text and its sender (the customer): the
             # marker outlives the content by far (see retention), so it keeps no personal data.
-            "payload": {
-                k: v
-                for k, v in lease.payload.items()
-                if k != "Message" and not (lease.kind == "inbound" and k == "From")
-            },
-        }
+            payload=lease.payload.to_marker(),
+        ).to_row()
         if lease.legacy:
             with contextlib.suppress(AlreadyExists):
                 self.store.insert(_legacy_marker(lease.key), marker)
@@ -471,17 +502,19 @@ class Outbox:
         return Survey([entry for _, _, entry in due[:limit]], stats)
 
     @operation
-    def get(self, key: str) -> Record | None:
-        """The item as stored (state pending or dead), or its marker (state forwarded)."""
-        marker = self.store.get(_marker(key))
-        if marker is not None and marker.data["state"] == MarkerState.FORWARDED:
-            return marker.data
-        found = (
-            self.store.get(_item(key))
-            or self.store.get(_legacy_marker(key))
-            or self.store.get(_legacy_item(key))
-        )
-        return None if found is None else found.data
+    def get(self, key: str) -> OutboxItem | Marker | None:
+        """The item (state pending or dead), or its marker once forwarded; for inspection."""
+        found = self.store.get(_marker(key))
+        if found is not None and found.data["state"] == MarkerState.FORWARDED:
+            return Marker.from_row(found.data)
+        found = self.store.get(_item(key))
+        if found is not None:
+            return OutboxItem.from_row(found.data)
+        found = self.store.get(_legacy_marker(key))
+        if found is not None:
+            return Marker.from_row(found.data)
+        found = self.store.get(_legacy_item(key))
+        return None if found is None else OutboxItem.from_row(found.data)
 
     def _remove(self, address: str) -> None:
         """Remove the record at ``address``, whatever its version."""
