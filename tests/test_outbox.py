@@ -85,6 +85,26 @@ def test_forwarded_items_leave_the_outbox(outbox: Outbox, store: EmbeddedStore) 
     assert outbox.stats().pending == 0
 
 
+def test_an_unreadable_item_is_counted_dead_and_does_not_stop_the_others(
+    outbox: Outbox, store: EmbeddedStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = outbox.put("notification:r-1", NOTIFICATION)
+    assert good is not None
+    outbox.failed(good, "down", retry_after=0)
+    clock.now += retry_delay(1, 0)
+    broken = {"kind": "notification", "payload": {"RequestId": "r-2"}, "state": "pending"}
+    store.insert("due:notification:r-2", broken)  # no ChannelDefinitionId, no times
+    store.insert("due:notification:r-3", {"kind": "fax", "state": "pending"})
+    with caplog.at_level("ERROR", logger="channel.ledger.outbox"):
+        survey = outbox.survey(10)
+    assert [due.key for due in survey.due] == ["notification:r-1"]
+    assert (survey.stats.pending, survey.stats.dead) == (1, 2)
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("due:notification:r-2" in line for line in logged)
+    assert any("due:notification:r-3" in line for line in logged)
+    assert store.get("due:notification:r-2") == Versioned(broken, "1")  # left as it is
+
+
 def test_the_first_payload_stands(outbox: Outbox) -> None:
     first = outbox.put("notification:r-1", NOTIFICATION)
     assert first is not None

@@ -30,6 +30,7 @@ an item the old way, and its marker blocks a replay for as long as retention kee
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ from channel.ledger.store import (
     update,
 )
 from channel.ledger.traced import operation
+
+log = logging.getLogger(__name__)
 
 
 class ItemState(StrEnum):
@@ -481,8 +484,21 @@ class Outbox:
         # Items of this version, then any the previous version left (a query each).
         scanned = [(key, found, False) for key, found in self.store.scan(ITEM)]
         scanned += [(key, found, True) for key, found in self.store.scan(LEGACY_ITEM)]
+        unreadable = 0
         for address, found, legacy in scanned:
-            item = OutboxItem.from_row(found.data)
+            try:
+                item = OutboxItem.from_row(found.data)
+            except (KeyError, TypeError, ValueError) as exc:
+                # One record this version cannot read (edited by hand, or written by a
+                # version that does not exist yet) must not stop the timer forwarding the
+                # others: it stays as it is, counted dead, for an operator to look at.
+                unreadable += 1
+                log.error(
+                    "outbox record %s cannot be read (%s): left as it is and counted dead",
+                    address,
+                    type(exc).__name__,
+                )
+                continue
             ages.setdefault(item.state, []).append(now - item.created_at)
             if item.state == ItemState.PENDING:
                 in_doubt += item.in_doubt or (item.call_at is not None and item.leased_until <= now)
@@ -493,7 +509,7 @@ class Outbox:
         due.sort(key=lambda entry: entry[:2])
         stats = OutboxStats(
             pending=len(ages[ItemState.PENDING]),
-            dead=len(ages[ItemState.DEAD]),
+            dead=len(ages[ItemState.DEAD]) + unreadable,
             in_doubt=in_doubt,
             waiting=waiting,
             oldest_pending_seconds=max(ages[ItemState.PENDING], default=None),
