@@ -602,9 +602,19 @@ def test_azure_yaml_deploys_this_folder_as_a_python_function_with_the_hook() -> 
     ]
     runs = re.findall(r"run: (\S+) (\S+)", text)
     assert runs == [
+        ("python3", "infra/hooks/prepackage.py"),
+        ("python", "infra/hooks/prepackage.py"),
         ("python3", "infra/hooks/postdeploy.py"),
         ("python", "infra/hooks/postdeploy.py"),
     ]
+    # Project-level hooks, each for posix (sh) and windows (pwsh).
+    hooks = re.findall(
+        r"^  (\w+):\n    posix:\n      shell: sh\n.*?\n    windows:\n      shell: pwsh\n",
+        text,
+        re.M | re.S,
+    )
+    assert hooks == ["prepackage", "postdeploy"]
+    assert (ROOT / "infra" / "hooks" / "prepackage.py").is_file()
     assert (ROOT / "infra" / "hooks" / "postdeploy.py").is_file()
 
 
@@ -623,7 +633,9 @@ def test_funcignore_keeps_infra_and_tooling_out_of_the_package() -> None:
         "bench",
     ):
         assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
-    assert not any(fnmatch.fnmatch(name, p) for name in ("channel", "host.json") for p in patterns)
+    # channel/__pycache__ carries the byte-code infra/hooks/prepackage.py ships.
+    kept = ("channel", "host.json", "__pycache__", "function_app.cpython-312.pyc")
+    assert not any(fnmatch.fnmatch(name, p) for name in kept for p in patterns)
 
 
 # --- CI, deploy workflow and editor -----------------------------------------------------
