@@ -146,7 +146,7 @@ def version_of(command: Sequence[str]) -> str | None:
 
 def find_interpreter(version: str) -> list[str] | None:
     """A command running Python ``version``: this one if it is, else one on PATH."""
-    if "%d.%d" % sys.version_info[:2] == version:
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return [sys.executable]
     for command in candidates(version):
         if version_of(command) == version:
