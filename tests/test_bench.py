@@ -63,6 +63,20 @@ def test_outbound_bench_with_telemetry_on_records_the_apps_spans() -> None:
     assert re.search(rf"^cold start: +{FIGURE} \(target <= 1\.3\)", output, re.M)
 
 
+def test_outbound_bench_read_only_compares_the_package_without_and_with_byte_code() -> None:
+    # The app child runs from read-only copies of the deployed files; the bench fails
+    # (a RuntimeError, so a Traceback) if the hook did not compile or a copy was written to.
+    output = run_bench("outbound", "--cold-runs", "2", "--read-only")
+    assert "cold, the app from a read-only package: 2 fresh processes of each kind" in output
+    for kind in ("app, no byte-code", "app, shipped byte-code", "bare process"):
+        assert re.search(rf"^  {kind} +median +\d+\.\d{{3}} s .* n=2$", output, re.M), output
+    assert re.search(
+        rf"^cold start: +{FIGURE} \(target <= 1\.3\)  read-only package with", output, re.M
+    )
+    assert re.search(rf"^cold start, no byte-code: {FIGURE}  read-only package", output, re.M)
+    assert re.search(r"^byte-code saving: +-?\d+ ms per cold start", output, re.M), output
+
+
 def test_outbound_next_bench_measures_every_provider() -> None:
     output = run_bench("outbound_next")
     for provider in ("vonage", "telnyx", "acs", "sinch", "plivo"):
