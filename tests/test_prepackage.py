@@ -76,8 +76,17 @@ def deployed_copy(destination: Path) -> Path:
 def run_hook(
     root: Path, version: str, path: Sequence[Path] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """The hook as azd runs it (this Python), compiling for ``version``, with ``path`` first."""
-    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path), os.environ.get("PATH", "")])}
+    """The hook as azd runs it (this Python), compiling for ``version``, with ``path`` first.
+
+    A byte-code cache prefix and an optimization level are set, as a developer's shell may
+    have them: the hook must still write the plain ``__pycache__`` files the app loads.
+    """
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([*map(str, path), os.environ.get("PATH", "")]),
+        "PYTHONPYCACHEPREFIX": str(root.parent / "pycache-prefix"),
+        "PYTHONOPTIMIZE": "1",
+    }
     return subprocess.run(  # noqa: S603 - our own hook, fixed arguments
         [sys.executable, str(HOOK), "--root", str(root), "--python-version", version],
         env=env,

@@ -160,7 +160,12 @@ def compile_sources(command: Sequence[str], root: Path, sources: Sequence[Path])
     ``-f`` rewrites any cache already there (a timestamp-based one from a local run would
     not survive the package's mtimes); the paths go in on stdin (``-i -``), relative, so
     no path of the deploying machine is recorded and no command line grows too long.
+    A cache prefix or optimization level set in this shell would put the files where, or
+    name them as, the app's Python never looks: both are dropped.
     """
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPYCACHEPREFIX", "PYTHONOPTIMIZE")
+    }
     done = subprocess.run(  # noqa: S603 - an interpreter this hook found and checked
         [
             *command,
@@ -175,6 +180,7 @@ def compile_sources(command: Sequence[str], root: Path, sources: Sequence[Path])
         ],
         input="".join(f"{path.as_posix()}\n" for path in sources),
         cwd=root,
+        env=env,
         text=True,
         check=False,
     )
