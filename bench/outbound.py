@@ -226,8 +226,7 @@ def _prepackage() -> ModuleType:
 
 
 def package_copy(destination: Path, *, shipped: bool) -> Path:
-    """A copy of the deployed files (no byte-code caches); with ``shipped``, as the hook
-    leaves it, compiled for this interpreter's version."""
+    """A copy of the deployed files; with ``shipped``, compiled by the hook for this Python."""
     for relative in _prepackage().deployed_files(ROOT):
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
