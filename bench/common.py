@@ -26,13 +26,23 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import azure.functions as func
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.data import RECIPIENT, SENDER_E164, TEXT, TWILIO_SID, TWILIO_TOKEN, payload
+from channel.providers.twilio import callback_tag
+from tests.data import (
+    DEFINITION_ID,
+    RECIPIENT,
+    SENDER,
+    SENDER_E164,
+    TEXT,
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    payload,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,11 +240,14 @@ def twilio_messages_url(base_url: str) -> str:
 
 def twilio_form(request_id: str) -> dict[str, str]:
     """The form the Twilio adapter posts for :func:`payload_body` (same fields, same sizes)."""
+    # The callback carries the request's fields under the app's tag (channel.providers.twilio).
+    tag = callback_tag(AUTH_TOKEN.encode(), request_id, DEFINITION_ID, SENDER)
+    fields = {"rid": request_id, "def": DEFINITION_ID, "from": SENDER, "tag": tag}
     return {
         "To": RECIPIENT,
         "Body": TEXT,
         "From": SENDER_E164,
-        "StatusCallback": f"{PUBLIC_URL}/api/delivery-report/twilio?rid={request_id}",
+        "StatusCallback": f"{PUBLIC_URL}/api/delivery-report/twilio?{urlencode(fields)}",
     }
 
 

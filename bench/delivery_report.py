@@ -63,6 +63,7 @@ from bench.common import (
     missed,
     payload_body,
     quiet_logging,
+    twilio_form,
     use_env,
     verdict,
 )
@@ -207,7 +208,7 @@ def send_messages(outbound: Function, fake: Fakes, count: int) -> list[SentMessa
     sent = []
     for rid, sid in answers:
         callback = callbacks[sid]
-        assert callback == f"{PUBLIC_URL}/api/delivery-report/twilio?rid={rid}", callback
+        assert callback == twilio_form(rid)["StatusCallback"], callback
         sent.append(SentMessage(rid, sid, callback))
     return sent
 

@@ -13,7 +13,8 @@ fakes. Events, each counted alone:
   forwarded at once to Dataverse, reaching the process that sent it (which keeps the
   request records it answered for an hour: no read of the request);
 - *final report, elsewhere*: the same, reaching a process that did not send the
-  message (a restarted runtime on the same table: it reads the request record first);
+  message (a restarted runtime on the same table: the callback URL carries the request's
+  fields under the app's tag, so it reads no request record either);
 - *timer forward*: ``forward_pending`` forwarding notifications that Dataverse refused at
   report time (its outbox clock moved past their retry time); the figure is what one more
   item adds to a run (a run of N due minus a run of 1, over N - 1), so the run's fixed

@@ -271,6 +271,8 @@ class OutboundService:
             # The ledger's: the same for every attempt that may repeat an earlier one.
             first_attempt_at=time.time() if first_attempt_at is None else first_attempt_at,
             maybe_sent_before=claim.attempt > 1,
+            channel_definition_id=payload.ChannelDefinitionId,
+            requested_from=payload.From,
         )
 
     def _submit(

@@ -191,6 +191,31 @@ class WebhookService:
         rid = report.correlation
         if rid is None and report.correlated_by_id:
             rid = self._recorded_request(provider, report)
+        if (
+            rid is not None
+            and report.channel_definition_id is not None
+            and report.requested_from is not None
+            and report.state is not DeliveryState.PENDING
+            and self.ledger.answered(rid) is None
+        ):
+            # The report carries its request's fields under our MAC (the adapter checked
+            # it): forwarded without reading the request. A send whose answer was lost is
+            # settled by the kept report when it is retried (MessageLedger.begin).
+            telemetry.note(
+                {
+                    telemetry.REQUEST_ID: rid,
+                    telemetry.CHANNEL_DEFINITION: report.channel_definition_id,
+                }
+            )
+            notification = Notification(
+                channel_definition_id=report.channel_definition_id,
+                request_id=rid,
+                message_id=report.message_id,
+                sender=report.requested_from,
+                status=report.state.value,
+            )
+            self._notify(notification, legacy=False, budget=budget)
+            return
         request = self.ledger.for_report(rid) if rid is not None else None
         if rid is None or request is None:
             log.info(
@@ -244,20 +269,22 @@ class WebhookService:
             log.info("request %s: intermediate status acknowledged", rid)
             telemetry.note({telemetry.REPORT_OUTCOME: "intermediate"})
             return
-        lease = self.outbox.put(
-            f"notification:{rid}",
-            Notification(
-                channel_definition_id=request.channel_definition_id,
-                request_id=rid,
-                message_id=report.message_id,
-                sender=request.sender,
-                status=report.state.value,
-            ),
-            legacy=request.may_have_legacy_records,
+        notification = Notification(
+            channel_definition_id=request.channel_definition_id,
+            request_id=rid,
+            message_id=report.message_id,
+            sender=request.sender,
+            status=report.state.value,
         )
+        self._notify(notification, legacy=request.may_have_legacy_records, budget=budget)
+
+    def _notify(self, notification: Notification, *, legacy: bool, budget: Budget) -> None:
+        """Keep a final report (the first one stands) and forward it to Dataverse."""
+        rid = notification.request_id
+        lease = self.outbox.put(f"notification:{rid}", notification, legacy=legacy)
         if lease is None:
             log.info(
-                "request %s: %s again, acknowledged (the first stands)", rid, report.state.value
+                "request %s: %s again, acknowledged (the first stands)", rid, notification.status
             )
             telemetry.note({telemetry.REPORT_OUTCOME: "repeated"})
             return

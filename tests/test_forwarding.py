@@ -41,7 +41,7 @@ from channel.ledger.store import RecordStore
 from channel.ledger.table import TableStore
 from channel.runtime import get_runtime, reset_runtime
 from tests.conftest import Call, Configure, answer_json
-from tests.data import DEFINITION_ID, REPLY_TEXT, SENDER, SENDER_E164, SENSITIVE
+from tests.data import DEFINITION_ID, REPLY_TEXT, SENDER, SENDER_E164, SENSITIVE, payload
 from tests.fakes import FakeDataverse, FakeIdentity, FakeTwilio
 from tests.twilio_hooks import (
     FINALS,
@@ -56,6 +56,9 @@ from tests.twilio_hooks import (
     reply,
     report,
     send,
+    sign,
+    status_form,
+    webhook,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +68,7 @@ HOUR = 3600.0
 DAY = 86400.0
 AFTER_ANY_BACKOFF = MAX_BACKOFF_SECONDS + 1
 """Moving the clock this far makes every pending item due."""
+OTHER_DEFINITION_ID = "3c9a7e1d-5b2f-4a8e-9d61-0f2b4c6e8a10"
 REFUSAL = {
     "error": {
         "code": "0x80040220",
@@ -854,7 +858,129 @@ def test_a_slow_timer_forward_gives_its_item_up_before_the_lease_ends(
     assert dataverse.payloads(NOTIFY) == [notification(sent, "Delivered")]
 
 
-# --- 8. Table Storage round trips --------------------------------------------------------
+# --- 8. reports that carry their request ------------------------------------------------
+
+
+def reads_of(store: RecordStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys ``store`` is read at from now on (a spy: every read still happens)."""
+    keys: list[str] = []
+    read = store.get
+
+    def spied(key: str) -> Any:
+        keys.append(key)
+        return read(key)
+
+    monkeypatch.setattr(store, "get", spied)
+    return keys
+
+
+def test_a_final_report_reaching_another_instance_reads_no_request(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app()
+    sent = send(call, twilio)
+    # Another instance: it has not answered the request, so it keeps nothing of it. The
+    # callback URL carries the request's fields under our tag: nothing to read.
+    reset_runtime()
+    app()
+    reads = reads_of(get_runtime().ledger.store, monkeypatch)
+    assert_acknowledged(report(call, sent, "delivered"))
+    assert dataverse.payloads(NOTIFY) == [notification(sent, "Delivered")]
+    assert [key for key in reads if key.startswith("request:")] == []
+    # A duplicate on a third instance, and a later status: the first final one stands.
+    reset_runtime()
+    app()
+    assert_acknowledged(report(call, sent, "delivered"))
+    assert_acknowledged(report(call, sent, "undelivered"))
+    assert dataverse.payloads(NOTIFY) == [notification(sent, "Delivered")]
+
+
+def test_carried_fields_come_back_exactly_as_dataverse_sent_them(
+    call: Call,
+    twilio: FakeTwilio,
+    dataverse: Dataverse,
+    app: Callable[..., Clock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app()
+    odd_from = "+1 (206) 555-0100"  # spaces, '+' and parentheses: what URLs encode
+    sent = send(call, twilio, rid="req 42/ä&x=1+y", From=odd_from)
+    reset_runtime()
+    app()
+    reads = reads_of(get_runtime().ledger.store, monkeypatch)
+    assert_acknowledged(report(call, sent, "failed"))
+    assert dataverse.payloads(NOTIFY) == [notification(sent, "NotDelivered") | {"From": odd_from}]
+    assert [key for key in reads if key.startswith("request:")] == []
+
+
+def test_an_unanswered_send_is_settled_by_a_final_report_another_instance_kept(
+    call: Call, twilio: FakeTwilio, dataverse: Dataverse, app: Callable[..., Clock]
+) -> None:
+    app()
+    twilio.answer(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
+    first = call("outbound", payload())
+    assert first.status_code == 503  # the outcome is unknown: Twilio may have created it
+    (post,) = twilio.posts()
+    created = Sent(payload()["RequestId"], "SM" + "5e" * 16, post.form["StatusCallback"])
+    reset_runtime()
+    app()
+    # Its only callback, a final one, reaches another instance: forwarded from what the
+    # URL carries (the request is not read, so this does not settle it) ...
+    assert_acknowledged(report(call, created, "delivered"))
+    assert dataverse.payloads(NOTIFY) == [notification(created, "Delivered")]
+    # ... and Dataverse's retry finds the kept report: Sent, with Twilio's id, no new POST.
+    reset_runtime()
+    app()
+    retry = call("outbound", payload())
+    assert retry.status_code == 200
+    assert answer_json(retry) == {
+        "ChannelDefinitionId": DEFINITION_ID,
+        "MessageId": created.sid,
+        "RequestId": created.rid,
+        "Status": "Sent",
+    }
+    assert len(twilio.posts()) == 1
+    assert call("outbound", payload()).get_body() == retry.get_body()  # and it stays so
+
+
+def _signed_report(call: Call, url: str, message_sid: str, status: str) -> func.HttpResponse:
+    """Twilio's status callback to ``url``, signed as Twilio signs (the auth token holder)."""
+    form = status_form(message_sid, status)
+    return webhook(call, url, form, signature=sign(url, form))
+
+
+def test_callback_fields_without_our_tag_are_read_from_the_ledger(
+    call: Call, twilio: FakeTwilio, dataverse: Dataverse, app: Callable[..., Clock]
+) -> None:
+    app()
+    sent = send(call, twilio)
+    other = send(call, twilio, rid="another-request")
+    reset_runtime()
+    app()
+    # The URL edited and signed again by whoever holds the auth token: the fields no
+    # longer match the tag, so the ledger says what to report ...
+    edited = sent.callback.replace(f"def={DEFINITION_ID}", f"def={OTHER_DEFINITION_ID}")
+    assert edited != sent.callback
+    assert_acknowledged(_signed_report(call, edited, sent.sid, "delivered"))
+    assert dataverse.payloads(NOTIFY) == [notification(sent, "Delivered")]
+    # ... and a RequestId swapped into another message's URL names a request never sent.
+    swapped = other.callback.replace("rid=another-request", "rid=never-sent")
+    assert swapped != other.callback
+    assert_acknowledged(_signed_report(call, swapped, other.sid, "delivered"))
+    # A URL of the previous version (the RequestId alone) is read from the ledger too.
+    bare = other.callback.split("&", 1)[0]
+    assert_acknowledged(_signed_report(call, bare, other.sid, "delivered"))
+    assert dataverse.payloads(NOTIFY) == [
+        notification(sent, "Delivered"),
+        notification(other, "Delivered"),
+    ]
+
+
+# --- 9. Table Storage round trips --------------------------------------------------------
 
 
 @pytest.mark.parametrize("ledger", ["table"], indirect=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import azure.functions as func
 import pytest
@@ -22,7 +23,7 @@ from channel.budget import Budget
 from channel.contracts import OutboundPayload
 from channel.errors import BadRequest
 from channel.providers.base import OutboundSms, OutcomeUnknown, Unsendable
-from channel.providers.twilio import TwilioProvider
+from channel.providers.twilio import TwilioProvider, callback_tag
 from channel.runtime import get_runtime
 from tests.conftest import Call, Configure, answer_json
 from tests.data import (
@@ -31,6 +32,7 @@ from tests.data import (
     RECIPIENT,
     RECIPIENT_NATIONAL,
     RECIPIENT_NATIONAL_E164,
+    SENDER,
     SENDER_E164,
     TEXT,
     TWILIO_SERVICE_SID,
@@ -43,6 +45,15 @@ from tests.data import (
 from tests.fakes import FakeTwilio, twilio_error
 
 RID = payload()["RequestId"]
+
+
+def expected_callback(rid: str = RID) -> str:
+    """The StatusCallback the app gives Twilio for ``rid``: the request's fields, our tag."""
+    tag = callback_tag(TWILIO_TOKEN.encode(), rid, DEFINITION_ID, SENDER)
+    fields = {"rid": rid, "def": DEFINITION_ID, "from": SENDER, "tag": tag}
+    return f"{CALLBACK}?{urlencode(fields)}"
+
+
 CALLBACK = "https://sms.contoso.example/api/delivery-report/twilio"
 MESSAGES_PATH = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
 BASIC_AUTH = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
@@ -121,10 +132,18 @@ def test_form_auth_and_path_are_what_twilio_expects(call: Call, twilio: FakeTwil
         "To": [RECIPIENT],
         "From": [SENDER_E164],
         "Body": [TEXT],
-        "StatusCallback": [f"{CALLBACK}?rid=req+42%2F%C3%A4%26x%3D1"],
+        "StatusCallback": [post.form["StatusCallback"]],
     }
+    # The RequestId, and the request's fields under our tag (see test_webhooks_twilio).
+    assert post.form["StatusCallback"].startswith(f"{CALLBACK}?rid=req+42%2F%C3%A4%26x%3D1&def=")
     callback = urlsplit(post.form["StatusCallback"])
-    assert parse_qs(callback.query) == {"rid": [rid]}
+    query = parse_qs(callback.query)
+    assert {name: values for name, values in query.items() if name != "tag"} == {
+        "rid": [rid],
+        "def": [DEFINITION_ID],
+        "from": [SENDER],
+    }
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", query["tag"][0])
 
 
 def test_messaging_service_replaces_from(
@@ -138,7 +157,7 @@ def test_messaging_service_replaces_from(
         "To": [RECIPIENT],
         "MessagingServiceSid": [TWILIO_SERVICE_SID],
         "Body": [TEXT],
-        "StatusCallback": [f"{CALLBACK}?rid={RID}"],
+        "StatusCallback": [expected_callback()],
     }
 
 
@@ -189,7 +208,7 @@ def test_request_matches_the_twilio_sdk(
         {"messaging_service_sid": TWILIO_SERVICE_SID} if service else {"from_": SENDER_E164}
     )
     message = client.messages.create(
-        to=RECIPIENT, body=TEXT, status_callback=f"{CALLBACK}?rid={RID}", **sender
+        to=RECIPIENT, body=TEXT, status_callback=expected_callback(), **sender
     )
     assert message.sid == sid(2)
 

@@ -18,6 +18,7 @@ import azure.functions as func
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
+from channel.providers.twilio import callback_tag
 from tests.conftest import Call, answer_json
 from tests.data import (
     DEFINITION_ID,
@@ -79,7 +80,15 @@ def send(call: Call, twilio: FakeTwilio, rid: str = RID, **overrides: Any) -> Se
     assert answer["Status"] == "Sent"
     callback = twilio.posts()[-1].form["StatusCallback"]
     assert callback.startswith(REPORT_URL + "?")
-    assert parse_qs(urlsplit(callback).query) == {"rid": [rid]}
+    query = parse_qs(urlsplit(callback).query)
+    sent_from = overrides.get("From", SENDER)
+    definition = overrides.get("ChannelDefinitionId", DEFINITION_ID)
+    assert query == {
+        "rid": [rid],
+        "def": [definition],
+        "from": [sent_from],
+        "tag": [callback_tag(TWILIO_TOKEN.encode(), rid, definition, sent_from)],
+    }
     return Sent(rid, answer["MessageId"], callback)
 
 

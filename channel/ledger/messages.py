@@ -321,6 +321,10 @@ class MessageLedger:
         if not updated.written:
             return answered[-1]
         record = RequestRecord.from_row(updated.found.data)
+        if record.state == RequestState.DONE:  # settled by a kept final report, see _decide
+            assert record.answer is not None  # noqa: S101 - a record is done with its answer
+            self._keep_answered(request_id, record)
+            return Completed(record.answer)
         return Claim(request_id, record.attempts + 1, record, updated.found.etag)
 
     @operation
@@ -385,13 +389,9 @@ class MessageLedger:
         def confirm(record: RequestRecord) -> RequestRecord | None:
             if record.state == RequestState.DONE:
                 return None
-            answer = OutboundResponse(
-                ChannelDefinitionId=record.channel_definition_id,
-                MessageId=message_id,
-                RequestId=record.request_id,
-                Status="Sent",
+            return record.changed(
+                state=RequestState.DONE, answer=_sent(record, message_id), message_id=message_id
             )
-            return record.changed(state=RequestState.DONE, answer=answer, message_id=message_id)
 
         self._update(request_id, confirm)
         return True
@@ -478,17 +478,24 @@ class MessageLedger:
         comes from memory, with no round trip: a final report reaching the instance that
         sent the message costs the outbox's two transactions alone.
         """
-        now = self.clock()
-        with self._answered_lock:
-            kept = self._answered.get(request_id)
-        if kept is not None and 0 <= now - kept[0] < ANSWERED_KEPT_SECONDS:
-            return kept[1]
+        kept = self.answered(request_id)
+        if kept is not None:
+            return kept
         found = self.store.get(_request_key(request_id))
         if found is None:
             return None
         record = RequestRecord.from_row(found.data)
         self._keep_answered(request_id, record)
         return record
+
+    def answered(self, request_id: str) -> RequestRecord | None:
+        """The answered request record this process keeps in memory, or None (no read)."""
+        now = self.clock()
+        with self._answered_lock:
+            kept = self._answered.get(request_id)
+        if kept is not None and 0 <= now - kept[0] < ANSWERED_KEPT_SECONDS:
+            return kept[1]
+        return None
 
     def _keep_answered(self, request_id: str, record: RequestRecord) -> None:
         """Keep ``record`` in memory if it is answered; the oldest go first."""
@@ -515,6 +522,16 @@ class MessageLedger:
                 attempted_at=record.claimed_at,
             )
         if record.state == RequestState.AMBIGUOUS:
+            reported = self._reported_message(record.request_id)
+            if reported is not None:
+                # A final status callback was kept for this request: the earlier attempt
+                # reached the provider. (A callback that carried the request's fields was
+                # forwarded without reading the request, so it did not settle it itself.)
+                return record.changed(
+                    state=RequestState.DONE,
+                    answer=_sent(record, reported),
+                    message_id=reported,
+                )
             grace = self.grace_for(record.provider)
             waited = now - _known(record.attempted_at)
             if waited < grace:
@@ -531,6 +548,14 @@ class MessageLedger:
                     retry_after=int(grace) or 60,
                 )
         return self._claimed(record, now)
+
+    def _reported_message(self, request_id: str) -> str | None:
+        """The message id of a final report the outbox kept for ``request_id``, or None."""
+        # Imported here: only a request whose outcome is unknown needs it, and the outbox
+        # stays off the cold path of an outbound call.
+        from channel.ledger.outbox import reported_message
+
+        return reported_message(self.store, request_id)
 
     def _claimed(self, record: RequestRecord, now: float) -> RequestRecord:
         # first_attempt_at: when the first attempt that may have reached the provider
@@ -565,6 +590,16 @@ class MessageLedger:
         if updated.found is None:
             raise KeyError(request_id)
         return RequestRecord.from_row(updated.found.data)
+
+
+def _sent(record: RequestRecord, message_id: str) -> OutboundResponse:
+    """The answer of a request a provider callback proved sent as ``message_id``."""
+    return OutboundResponse(
+        ChannelDefinitionId=record.channel_definition_id,
+        MessageId=message_id,
+        RequestId=record.request_id,
+        Status="Sent",
+    )
 
 
 def _known(moment: float | None) -> float:

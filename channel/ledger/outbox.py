@@ -545,6 +545,21 @@ class Outbox:
             return
 
 
+def reported_message(store: RecordStore, request_id: str) -> str | None:
+    """The message id of the final report kept (or forwarded) for ``request_id``, or None.
+
+    Proof that a send reached the provider, for a request whose answer was lost (see
+    MessageLedger.begin). At most two reads, and only on that rare path.
+    """
+    key = f"notification:{request_id}"  # as WebhookService keeps a final report
+    for address in (_marker(key), _item(key)):
+        found = store.get(address)
+        payload = None if found is None else found.data.get("payload")
+        if isinstance(payload, dict) and isinstance(payload.get("MessageId"), str):
+            return str(payload["MessageId"])
+    return None
+
+
 ITEM = "due"
 """The kind of an item that still needs work (pending or dead)."""
 MARKER = "done"

@@ -49,6 +49,11 @@ class OutboundSms:
     """An earlier attempt of this RequestId may have reached the provider, and no status
     callback has told us (the ledger's attempt count). A provider that dedupes nothing
     but can be asked for a message by our correlation (Sinch) looks for it first."""
+    channel_definition_id: str | None = None
+    """The request's ChannelDefinitionId, for a provider whose callbacks can carry it back."""
+    requested_from: str | None = None
+    """The request's ``From`` exactly as Dataverse sent it (``sender`` is the provider's
+    form of it), for a provider whose callbacks can carry it back."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,12 @@ class StatusReport:
     client_reference, echoed for batches of other systems on the same service plan):
     once the ledger has recorded the request's answer, the report counts only if it
     names the message id recorded there."""
+    channel_definition_id: str | None = None
+    """The request's ChannelDefinitionId, when the report carries it under a MAC of ours
+    (Twilio's callback URL): with ``requested_from``, all a final report needs to be
+    forwarded without reading the request from the ledger."""
+    requested_from: str | None = None
+    """The request's ``From`` as Dataverse sent it, carried as ``channel_definition_id``."""
 
 
 @dataclass(frozen=True)
