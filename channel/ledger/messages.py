@@ -11,6 +11,8 @@ so concurrent callers and scaled-out instances agree on one winner):
                          '-- lease expires --> ambiguous  (the process died mid-send)
 
     ambiguous --confirm_sent--> done    a status callback carrying our RequestId proves it
+    ambiguous --begin, a final report kept for it--> done    (one that was forwarded from
+                                        the fields its URL carried, without reading this)
     ambiguous --begin, grace over--> claimed   one new attempt, at most MAX_SEND_ATTEMPTS in all
 
 The record keeps what a delivery report needs later (ChannelDefinitionId, the ``From``
