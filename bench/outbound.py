@@ -27,7 +27,6 @@ Run from the repository root: ``.venv/bin/python -m bench.outbound [--iterations
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import shutil
@@ -60,6 +59,7 @@ from bench.common import (
     verdict,
 )
 from tests.fakes import FakeTwilio
+from tests.scripts import load_script
 
 WARM_TARGET = 1.3
 COLD_TARGET = 1.3
@@ -216,13 +216,7 @@ HOOK = ROOT / "infra" / "hooks" / "prepackage.py"
 
 def _prepackage() -> ModuleType:
     """The azd prepackage hook (a script, not a package module), loaded from its file."""
-    spec = importlib.util.spec_from_file_location("prepackage", HOOK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("prepackage", HOOK)
 
 
 def package_copy(destination: Path, *, shipped: bool) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from werkzeug.serving import make_server
 
 from tests.conftest import Configure
 from tests.data import payload
+from tests.scripts import load_script
 from tools.devhost import (
     DevHost,
     QuietRequestHandler,
@@ -72,11 +72,7 @@ def channel_url() -> Iterator[str]:
     # A fresh copy of function_app: azure-functions lets each FunctionApp index its
     # functions only once (a second get_functions() raises), and conftest's ``functions``
     # fixture indexes the shared ``function_app.app``.
-    spec = importlib.util.spec_from_file_location("function_app_devhost", REPO / "function_app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("function_app_devhost", REPO / "function_app.py", register=False)
     app: func.FunctionApp = module.app
 
     host = build_wsgi_app(app, key=KEY, route_prefix="api", max_concurrent=64, max_outstanding=256)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from tests.bicep import ROOT
+from tests.scripts import load_script
 
 HOOK = ROOT / "infra" / "hooks" / "postdeploy.py"
 CLIENT_ID = "5d1f4c3e-8a0b-4f3e-9c2d-1a2b3c4d5e6f"
@@ -28,16 +27,7 @@ HEALTHY = {
 }
 
 
-def load_hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("postdeploy", HOOK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hook = load_hook()
+hook = load_script("postdeploy", HOOK)
 
 
 def azd_env(server: HTTPServer, **extra: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -12,11 +11,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests.bicep import ROOT, config, parse, resources
+from tests.scripts import load_script
 
 HOOK = ROOT / "infra" / "hooks" / "prepackage.py"
 API = ROOT / "infra" / "app" / "api.bicep"
@@ -25,17 +24,7 @@ VERSIONS = ["3.11", "3.12", "3.13"]
 CODE_OBJECT = re.compile(r"^# code object from '?(?P<path>[^']+?)'?$", re.M)
 
 
-def load_hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("prepackage", HOOK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-hook = load_hook()
+hook = load_script("prepackage", HOOK)
 
 
 def python(version: str) -> Path | None:
